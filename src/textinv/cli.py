@@ -1,0 +1,48 @@
+"""The `textinv` command line: builds the parser from the command modules, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from textinv import __version__
+from textinv.commands import iter_command_modules
+from textinv.errors import TextinvError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textinv",
+        description="Teach a Stable Diffusion model a new concept from a few images (textual inversion).",
+    )
+    parser.add_argument("--version", action="version", version=f"textinv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in iter_command_modules():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` anywhere shows full tracebacks; it is stripped before parsing so every command accepts it.
+    debug = "--debug" in argv or os.environ.get("TEXTINV_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TextinvError as exc:
+        if debug:
+            raise
+        print(f"textinv: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("textinv: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,167 @@
+"""Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, or the toy default.
+
+Also tells model families apart (SD1 / SD2 / SDXL) and reads a model's recommended textinv settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textinv.errors import TextinvError
+
+log = logging.getLogger(__name__)
+
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy" / "model"
+# A model folder may carry recommended textinv settings (`{"train": {...}, "generate": {...}}`);
+# they replace the diffusers defaults for flags the user did not give. The toy model uses this.
+DEFAULTS_FILE = "textinv.json"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+FAMILY_BY_DIM = {768: "sd1", 1024: "sd2"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model lives and what kind of source it is."""
+
+    path_or_id: str
+    kind: str  # "folder" | "hub" | "single_file" | "toy"
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("folder", "single_file", "toy")
+
+
+def toy_model_available() -> bool:
+    return (TOY_MODEL_DIR / "model_index.json").is_file()
+
+
+def resolve_model_source(name_or_path: str | None) -> ModelSource:
+    """Decide what `--pretrained_model_name_or_path` points at; None means the embedded toy model."""
+    if not name_or_path:
+        if not toy_model_available():
+            raise TextinvError(
+                "no model given and the embedded toy model is not installed; "
+                "pass --pretrained_model_name_or_path PATH_OR_HUB_ID"
+            )
+        return ModelSource(str(TOY_MODEL_DIR), "toy")
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise TextinvError(
+                f"{p} is not a Stable Diffusion pipeline folder (no model_index.json); "
+                "point --pretrained_model_name_or_path at a diffusers model folder, hub id or .safetensors file"
+            )
+        return ModelSource(str(p), "folder")
+    if p.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not p.is_file():
+            raise TextinvError(f"model file {p} does not exist; check the path")
+        return ModelSource(str(p), "single_file")
+    if p.exists():
+        raise TextinvError(
+            f"{p} is not a Stable Diffusion model (expected a diffusers folder or a .safetensors/.ckpt file)"
+        )
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+        return ModelSource(name_or_path, "hub")
+    raise TextinvError(f"model {name_or_path!r} not found: no such folder or file, and not a hub id")
+
+
+def snapshot_dir(source: ModelSource, revision: str | None = None) -> Path | None:
+    """The local folder of a model source (hub ids resolved from the local cache only)."""
+    if source.kind in ("folder", "toy"):
+        return Path(source.path_or_id)
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(
+                snapshot_download(source.path_or_id, revision=revision, local_files_only=True)
+            )
+        except Exception:
+            # Not cached: let diffusers try (it downloads when online, or explains).
+            return None
+    return None
+
+
+def model_defaults(source: ModelSource, section: str) -> dict[str, Any]:
+    """The model's recommended settings for `section` ("train" or "generate"), or {}."""
+    folder = snapshot_dir(source)
+    if folder is None or not (folder / DEFAULTS_FILE).is_file():
+        return {}
+    try:
+        data = json.loads((folder / DEFAULTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TextinvError(f"{folder / DEFAULTS_FILE} is not valid JSON ({exc}); fix or delete it") from exc
+    return dict(data.get(section, {}))
+
+
+def load_pipeline(
+    source: ModelSource,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    torch_dtype: Any = None,
+):
+    """Load a StableDiffusionPipeline (or XL) from any source, offline-first, with one-line errors."""
+    import diffusers
+
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
+    try:
+        if source.kind == "single_file":
+            cls = diffusers.StableDiffusionPipeline
+            if _single_file_is_sdxl(Path(source.path_or_id)):
+                cls = diffusers.StableDiffusionXLPipeline
+            pipe = cls.from_single_file(source.path_or_id, **kwargs)
+        else:
+            folder = snapshot_dir(source, revision)
+            target = str(folder) if folder is not None else source.path_or_id
+            if source.kind == "hub" and folder is None:
+                kwargs["revision"] = revision
+            if variant:
+                kwargs["variant"] = variant
+            pipe = diffusers.DiffusionPipeline.from_pretrained(
+                target, safety_checker=None, requires_safety_checker=False, **kwargs
+            )
+    except TextinvError:
+        raise
+    except Exception as exc:  # diffusers raises many types; the user needs one line
+        raise TextinvError(
+            f"could not load a Stable Diffusion model from {source.path_or_id!r}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if getattr(pipe, part, None) is None:
+            raise TextinvError(
+                f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); "
+                "use an SD 1.x/2.x/XL model"
+            )
+    return pipe
+
+
+def _single_file_is_sdxl(path: Path) -> bool:
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
+
+
+def family_of_text_dim(dim: int | tuple[int, ...]) -> str:
+    """Model family from the text-embedding width(s): 768 SD1, 1024 SD2, (768, 1280) SDXL."""
+    if isinstance(dim, tuple):
+        return "sdxl" if dim == (768, 1280) else f"unknown-{'+'.join(map(str, dim))}"
+    return FAMILY_BY_DIM.get(dim, f"custom-{dim}")
+
+
+def family_of_pipeline(pipe) -> str:
+    """Model family of a loaded pipeline, from its text encoder(s)."""
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    te2 = getattr(pipe, "text_encoder_2", None)
+    if te2 is not None:
+        return family_of_text_dim((dim, te2.get_input_embeddings().weight.shape[1]))
+    return family_of_text_dim(dim)
