@@ -1,4 +1,4 @@
-"""Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, or the toy default.
+"""Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, toy default.
 
 Also tells model families apart (SD1 / SD2 / SDXL) and reads a model's recommended textinv settings.
 """
@@ -54,7 +54,7 @@ def resolve_model_source(name_or_path: str | None) -> ModelSource:
         if not (p / "model_index.json").is_file():
             raise TextinvError(
                 f"{p} is not a Stable Diffusion pipeline folder (no model_index.json); "
-                "point --pretrained_model_name_or_path at a diffusers model folder, hub id or .safetensors file"
+                "point --pretrained_model_name_or_path at a diffusers folder, hub id or .safetensors file"
             )
         return ModelSource(str(p), "folder")
     if p.suffix.lower() in SINGLE_FILE_SUFFIXES:
