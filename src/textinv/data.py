@@ -1,0 +1,256 @@
+"""The data path: image folder → validated RGB pixels → cached VAE posteriors → per-step training samples.
+
+What is sampled at each step (which image, flip, prompt template, latent draw, noise, timestep) is a pure
+function of (seed, sample position). That makes a run reproducible, resumable bitwise after a kill,
+and identical whether its global batch is split over one process or several.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from textinv.errors import TextinvError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _templates(kinds: list[str], phrases: list[str]) -> list[str]:
+    return [p.format(kind=k) for p in phrases for k in kinds]
+
+
+# Prompt templates in the spirit of the textual-inversion paper: a neutral description with the
+# placeholder as the only content word, so the embedding has to carry the concept itself.
+OBJECT_TEMPLATES: list[str] = _templates(
+    ["photo"],
+    [
+        "a {kind} of a {{}}",
+        "the {kind} of a {{}}",
+        "a {kind} of the {{}}",
+        "a {kind} of one {{}}",
+        "a {kind} of my {{}}",
+        "a good {kind} of a {{}}",
+        "a close-up {kind} of a {{}}",
+        "a cropped {kind} of the {{}}",
+        "a bright {kind} of the {{}}",
+        "a dark {kind} of the {{}}",
+        "a {kind} of a small {{}}",
+        "a {kind} of the large {{}}",
+        "a {kind} of a nice {{}}",
+        "a {kind} of a clean {{}}",
+    ],
+) + ["a rendering of a {}", "a rendition of the {}", "a picture of a {}", "an image of the {}"]
+
+STYLE_TEMPLATES: list[str] = _templates(
+    ["painting", "picture", "rendering"],
+    [
+        "a {kind} in the style of {{}}",
+        "the {kind} in the style of {{}}",
+        "a small {kind} in the style of {{}}",
+        "a large {kind} in the style of {{}}",
+        "a good {kind} in the style of {{}}",
+        "a close-up {kind} in the style of {{}}",
+    ],
+)
+
+
+def templates_for(learnable_property: str) -> list[str]:
+    return STYLE_TEMPLATES if learnable_property == "style" else OBJECT_TEMPLATES
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image (RGBA, P, L, LA, CMYK, 16-bit, 32-bit float, EXIF-rotated) → upright 8-bit RGB.
+
+    Transparency is composited on white, as a user sees it in a viewer; a bare convert("RGB") would
+    expose whatever colours hide under transparent pixels.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if image.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_concept_images(folder: str | Path) -> tuple[list[Image.Image], list[Path]]:
+    """Read every readable image in `folder` (sorted by name); warn about and skip the rest."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise TextinvError(f"--train_data_dir {folder} does not exist; point it at a folder of 3-5 images")
+    if not folder.is_dir():
+        raise TextinvError(f"--train_data_dir {folder} is a file, not a folder; put the images in a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise TextinvError(
+            f"--train_data_dir {folder} is empty; put 3-5 .png/.jpg images of the concept there"
+        )
+    images, used, skipped = [], [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(to_rgb(im))
+            used.append(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            skipped.append(path.name)
+            log.warning("skipping %s: not a readable image (%s)", path, type(exc).__name__)
+    if not images:
+        raise TextinvError(
+            f"no readable image in {folder} (skipped {len(skipped)} file(s): {', '.join(skipped[:5])}); "
+            "put 3-5 .png/.jpg images of the concept there"
+        )
+    return images, used
+
+
+def preprocess(image: Image.Image, resolution: int, center_crop: bool, flip: bool) -> torch.Tensor:
+    """RGB image → [3, res, res] in [-1, 1], as the reference does: optional centre crop, bicubic resize."""
+    if center_crop:
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    image = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(image, dtype=np.uint8).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class LatentPosteriors:
+    """The VAE posterior (mean, std) of every (image, flip) pair, encoded once.
+
+    The reference VAE-encodes every image on every step. With a fixed resize and crop there are only
+    two distinct inputs per image (flipped or not), so we encode each once and keep drawing a fresh
+    latent sample from its posterior every step, exactly as the reference's `latent_dist.sample()`.
+    """
+
+    mean: torch.Tensor  # [num_images, 2, C, h, w]
+    std: torch.Tensor
+    scaling_factor: float
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.mean.shape[2:])  # type: ignore[return-value]
+
+    def sample(self, image_idx: torch.Tensor, flip: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        mean = self.mean[image_idx, flip.long()]
+        std = self.std[image_idx, flip.long()]
+        return (mean + std * eps.to(mean.device, mean.dtype)) * self.scaling_factor
+
+
+@torch.no_grad()
+def cache_latent_posteriors(
+    vae, images: list[Image.Image], resolution: int, center_crop: bool, device, dtype
+) -> LatentPosteriors:
+    means, stds = [], []
+    for image in images:
+        pixels = torch.stack([preprocess(image, resolution, center_crop, flip) for flip in (False, True)])
+        dist = vae.encode(pixels.to(device, dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return LatentPosteriors(
+        mean=torch.stack(means), std=torch.stack(stds), scaling_factor=float(vae.config.scaling_factor)
+    )
+
+
+def _mix(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (SeedSequence hashes them)."""
+    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class SampleDraws:
+    """Everything random about a batch of training samples."""
+
+    image_idx: torch.Tensor  # [B] long
+    flip: torch.Tensor  # [B] bool
+    template_idx: torch.Tensor  # [B] long
+    latent_eps: torch.Tensor  # [B, C, h, w] standard normal for the posterior sample
+    noise: torch.Tensor  # [B, C, h, w]
+    timesteps: torch.Tensor  # [B] long
+
+
+class SampleStream:
+    """Counter-based sampling: sample number `p` of the run is drawn from a generator seeded by (seed, p).
+
+    Images follow an epoch-wise shuffle of `num_images * repeats` slots, like the reference's shuffled
+    DataLoader; flips are p=0.5, templates uniform, timesteps uniform in [0, num_train_timesteps).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        num_images: int,
+        repeats: int,
+        num_templates: int,
+        latent_shape: tuple[int, int, int],
+        num_train_timesteps: int,
+    ):
+        self.seed = seed
+        self.num_images = num_images
+        self.epoch_len = num_images * repeats
+        self.num_templates = num_templates
+        self.latent_shape = latent_shape
+        self.num_train_timesteps = num_train_timesteps
+        self._perm_epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def _image_at(self, position: int) -> int:
+        epoch, slot = divmod(position, self.epoch_len)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, 0xE90C, epoch))
+            self._perm = torch.randperm(self.epoch_len, generator=g) % self.num_images
+            self._perm_epoch = epoch
+        return int(self._perm[slot])
+
+    def draw(self, positions: range | list[int]) -> SampleDraws:
+        rows = []
+        for p in positions:
+            g = torch.Generator().manual_seed(_mix(self.seed, p))
+            rows.append(
+                (
+                    self._image_at(p),
+                    bool(torch.rand((), generator=g) < 0.5),
+                    int(torch.randint(self.num_templates, (), generator=g)),
+                    torch.randn(self.latent_shape, generator=g),
+                    torch.randn(self.latent_shape, generator=g),
+                    int(torch.randint(self.num_train_timesteps, (), generator=g)),
+                )
+            )
+        image_idx, flip, tmpl, eps, noise, t = zip(*rows, strict=True)
+        return SampleDraws(
+            image_idx=torch.tensor(image_idx, dtype=torch.long),
+            flip=torch.tensor(flip, dtype=torch.bool),
+            template_idx=torch.tensor(tmpl, dtype=torch.long),
+            latent_eps=torch.stack(eps),
+            noise=torch.stack(noise),
+            timesteps=torch.tensor(t, dtype=torch.long),
+        )
+
+
+def tokenize_templates(tokenizer, templates: list[str], prompt_string: str) -> torch.Tensor:
+    """All prompt templates, filled with the placeholder and tokenized once: [num_templates, max_length]."""
+    texts = [t.format(prompt_string) for t in templates]
+    return tokenizer(
+        texts,
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids

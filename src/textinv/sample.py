@@ -1,0 +1,215 @@
+"""Generating images with a learned concept: used by `textinv generate` and by training validation.
+
+Small on purpose, so the trainer can call it:
+
+    images = generate_images(pipe, "a <cat-toy> backpack", num_images=4, seed=0,
+                             num_inference_steps=30, guidance_scale=7.5)
+    text = infotext("a <cat-toy> backpack", seed=0, steps=30, guidance_scale=7.5,
+                    width=512, height=512, scheduler="dpm")
+    save_png(out / "0000-seed0.png", images[0], text)
+    save_png(out / "grid.png", make_grid(images), text)
+
+Image `i` of a call uses seed `seed + i` (as AUTOMATIC1111 numbers them), drawn on the CPU so the
+same seed gives the same starting noise on any device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from textinv import __version__
+from textinv.atomic import write_atomic
+from textinv.errors import TextinvError
+
+# Short name -> (diffusers scheduler class, extra config, the sampler name AUTOMATIC1111 shows).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "dpm": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "dpm-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "pndm": ("PNDMScheduler", {}, "PLMS"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+}
+# How AUTOMATIC1111 names the samplers of the model's own scheduler, for the infotext.
+_SAMPLER_BY_CLASS = {cls: a1111 for cls, extra, a1111 in SCHEDULERS.values() if not extra}
+PARAMETERS_CHUNK = "parameters"  # the PNG text key AUTOMATIC1111 writes and reads ("PNG Info")
+
+
+def set_scheduler(pipe: Any, name: str | None) -> str:
+    """Swap the pipeline's scheduler for `name` (keeping its noise schedule); return the A1111 sampler name."""
+    import diffusers
+
+    if name is None:
+        cls = type(pipe.scheduler).__name__
+        return _SAMPLER_BY_CLASS.get(cls, cls)
+    key = name.lower().replace("_", "-")
+    if key not in SCHEDULERS:
+        raise TextinvError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls_name, extra, sampler = SCHEDULERS[key]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    return sampler
+
+
+def native_size(pipe: Any) -> int:
+    """The image side the model was trained at (UNet sample size x VAE scale factor)."""
+    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def generate_images(
+    pipe: Any,
+    prompt: str,
+    *,
+    num_images: int = 1,
+    seed: int = 0,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | Callable[[int], None] = True,
+    batch_size: int | None = None,
+) -> list[Image.Image]:
+    """Generate `num_images` images for `prompt`; image i uses seed `seed + i`.
+
+    `progress`: True shows a tqdm bar over all denoising steps, False shows nothing, a callable
+    receives the number of steps done after each step. `scheduler` is a `SCHEDULERS` key (None
+    keeps the pipeline's own). Sizes default to the model's native size.
+    """
+    if num_images < 1 or num_inference_steps < 1:
+        raise TextinvError("need at least one image and one inference step (-n >= 1, --steps >= 1)")
+    size = native_size(pipe)
+    height, width = height or size, width or size
+    if height % 8 or width % 8:
+        raise TextinvError(f"--height/--width must be multiples of 8 (got {height}x{width})")
+    set_scheduler(pipe, scheduler)
+    batch_size = batch_size or num_images
+    # Some schedulers (Heun) take more loop iterations than inference steps; count what will run.
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    bar, report = _progress(progress, num_images * len(pipe.scheduler.timesteps))
+    pipe.set_progress_bar_config(disable=True)
+    done = 0
+
+    def on_step_end(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal done
+        done += len(batch)
+        report(done)
+        return kwargs
+
+    images: list[Image.Image] = []
+    try:
+        for start in range(0, num_images, batch_size):
+            batch = range(start, min(start + batch_size, num_images))
+            generators = [torch.Generator("cpu").manual_seed(seed + i) for i in batch]
+            with torch.inference_mode():
+                out = pipe(
+                    prompt,
+                    negative_prompt=negative_prompt or None,
+                    num_images_per_prompt=len(batch),
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=height,
+                    width=width,
+                    generator=generators,
+                    callback_on_step_end=on_step_end,
+                )
+            images.extend(out.images)
+    finally:
+        if bar is not None:
+            bar.close()
+    return images
+
+
+def _progress(progress: bool | Callable[[int], None], total: int):
+    if callable(progress):
+        return None, progress
+    if not progress:
+        return None, lambda _done: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="step", desc="generating", leave=False)
+
+    def report(done: int) -> None:
+        bar.update(done - bar.n)
+
+    return bar, report
+
+
+def infotext(
+    prompt: str,
+    *,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    width: int,
+    height: int,
+    sampler: str,
+    negative_prompt: str | None = None,
+    model: str | None = None,
+    concepts: Sequence[str] = (),
+) -> str:
+    """The generation settings as AUTOMATIC1111 writes them in a PNG's `parameters` chunk.
+
+    Layout: the prompt, then `Negative prompt: ...`, then one `Key: value, ...` line; values with
+    commas or colons are JSON-quoted, as A1111's own parser expects.
+    """
+    fields: list[tuple[str, Any]] = [
+        ("Steps", steps),
+        ("Sampler", sampler),
+        ("CFG scale", _number(guidance_scale)),
+        ("Seed", seed),
+        ("Size", f"{width}x{height}"),
+    ]
+    if model:
+        fields.append(("Model", model))
+    if concepts:
+        fields.append(("Textual inversion", ", ".join(concepts)))
+    fields.append(("Version", f"textinv {__version__}"))
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _quote(value: Any) -> str:
+    import json
+
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+
+def save_png(path: str | os.PathLike, image: Image.Image, parameters: str | None = None) -> Path:
+    """Save `image` as PNG atomically, with `parameters` in a text chunk other tools (A1111, ...) read."""
+    info = PngInfo()
+    if parameters:
+        info.add_text(PARAMETERS_CHUNK, parameters)
+    return write_atomic(path, lambda p: image.save(p, format="PNG", pnginfo=info))
+
+
+def make_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
+    """Tile images (same size) into a near-square grid, row by row."""
+    if not images:
+        raise TextinvError("no images to put in a grid")
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    return grid

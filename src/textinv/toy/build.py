@@ -1,0 +1,260 @@
+"""The recipe that trains the embedded toy text-to-image model on the shapes world (`textinv toy build`).
+
+Why a recipe and not just weights: the toy model must be reproducible from a seed on a laptop CPU.
+The model is a standard StableDiffusionPipeline (AutoencoderKL, UNet2DConditionModel, CLIPTextModel,
+the real CLIP tokenizer, DDIMScheduler), so nothing downstream special-cases it. Two phases:
+the VAE learns to reconstruct 32 px images (latents 4x8x8); then the UNet and the text encoder are
+trained *jointly from scratch* on captions, so that plain words ("red", "star", "on a blue background")
+and the trainer's prompt templates mean something, and a single learned token vector can stand in
+for "orange star".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textinv.toy import world
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_SOURCE = Path(__file__).resolve().parent / "model" / "tokenizer"
+
+
+@dataclass
+class BuildConfig:
+    """Every knob of the recipe; the defaults are the shipped model's."""
+
+    seed: int = 0
+    num_images: int = 24000
+    vae_steps: int = 600
+    vae_batch_size: int = 32
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-5
+    unet_steps: int = 2600
+    batch_size: int = 48
+    learning_rate: float = 8e-4
+    warmup_steps: int = 150
+    ema_decay: float = 0.998
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    text_hidden: int = 128
+    text_layers: int = 3
+    threads: int = 2
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=world.IMAGE_SIZE,
+    )
+
+
+def _unet(cross_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def _text_encoder(cfg: BuildConfig):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=cfg.text_hidden,
+            intermediate_size=cfg.text_hidden * 2,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=cfg.text_hidden,
+        )
+    )
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    # The linear DDPM schedule (not SD's scaled_linear): at 8x8 latents, scaled_linear leaves too much
+    # signal at t=T and samples drift to grey.
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def render_dataset(n: int, seed: int) -> tuple[list[world.Scene], torch.Tensor]:
+    """`n` scenes and their images as a float tensor in [-1, 1], shape (n, 3, 32, 32)."""
+    scenes = list(world.scenes(n, seed))
+    arr = np.stack([np.asarray(world.render(s)) for s in scenes])
+    pixels = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return scenes, pixels
+
+
+def train_vae(cfg: BuildConfig, pixels: torch.Tensor, report: Callable[[str], None]):
+    torch.manual_seed(cfg.seed)
+    vae = _vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.vae_steps):
+        lr = cfg.vae_learning_rate * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = pixels[torch.randint(0, len(pixels), (cfg.vae_batch_size,), generator=g)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            report(f"vae step {step} loss {loss.item():.4f}")
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (sampled per step, as the trainer does)."""
+    means, stds = [], []
+    for chunk in pixels.split(256):
+        dist = vae.encode(chunk).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    torch._foreach_lerp_(ema, params, 1.0 - decay)
+
+
+def train_unet(cfg: BuildConfig, scenes, means, stds, scaling: float, tokenizer, report):
+    """Jointly train the UNet and the text encoder (from scratch) on captioned latents."""
+    torch.manual_seed(cfg.seed + 1)
+    text_encoder = _text_encoder(cfg)
+    unet = _unet(cfg.text_hidden)
+    scheduler = _scheduler()
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.99))
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    rng = random.Random(cfg.seed + 2)
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    started = time.time()
+    for step in range(cfg.unet_steps):
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        lr = cfg.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=g)
+        captions = [
+            "" if rng.random() < cfg.caption_dropout else scenes[i].caption(rng) for i in idx.tolist()
+        ]
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scaling
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        noisy = scheduler.add_noise(latents, noise, t)
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, t, cond).sample
+        # Min-SNR weighting: the same quality in fewer steps, which is what a CPU budget needs.
+        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        _ema_update(ema, [p.detach() for p in params], cfg.ema_decay if step > cfg.warmup_steps else 0.0)
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            report(f"unet step {step} loss {loss.item():.4f} lr {lr:.2e} ({time.time() - started:.0f} s)")
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    return unet.eval(), text_encoder.eval(), scheduler
+
+
+def build(cfg: BuildConfig, out_dir: str | Path, report: Callable[[str], None] = log.info) -> Path:
+    """Run the whole recipe and save a StableDiffusionPipeline (fp16 safetensors) to `out_dir`."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    started = time.time()
+    out = Path(out_dir)
+    report(f"rendering {cfg.num_images} images (seed {cfg.seed})")
+    scenes, pixels = render_dataset(cfg.num_images, cfg.seed)
+    vae = train_vae(cfg, pixels, report)
+    means, stds = encode_latents(vae, pixels)
+    scaling = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scaling)
+    report(f"latent scaling factor {scaling:.4f} ({time.time() - started:.0f} s)")
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_SOURCE)
+    unet, text_encoder, scheduler = train_unet(cfg, scenes, means, stds, scaling, tokenizer, report)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    save_pipeline(pipe, out)
+    (out / "build.json").write_text(
+        json.dumps({"config": asdict(cfg), "seconds": round(time.time() - started)}, indent=2) + "\n"
+    )
+    report(f"saved to {out} in {time.time() - started:.0f} s")
+    return out
+
+
+def save_pipeline(pipe, out: Path) -> None:
+    """Save in fp16 safetensors, without the 3.6 MB tokenizer.json (vocab.json + merges.txt suffice)."""
+    if out.exists():
+        for part in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
+            shutil.rmtree(out / part, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.to(torch.float32)
+    (out / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)

@@ -1,0 +1,444 @@
+"""The textual-inversion training loop, top to bottom: load → tokens → data → optimise → save.
+
+Every frozen weight stays bitwise unchanged; only the placeholder rows (`tokens.PlaceholderEmbedding`)
+train. Differences from diffusers' reference script, none of which change what is learned:
+VAE posteriors are computed once per (image, flip) instead of every step; AdamW sees only the new rows
+instead of the 49k-row matrix; there is no per-step restore of the original rows; sampling is
+counter-based, so runs are resumable bitwise and split over processes without changing the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from textinv import checkpoint as ckpt
+from textinv.config import TrainConfig
+from textinv.data import (
+    SampleStream,
+    cache_latent_posteriors,
+    load_concept_images,
+    templates_for,
+    tokenize_templates,
+)
+from textinv.embeddings import save_diffusers_embedding
+from textinv.errors import TextinvError, TrainingDiverged
+from textinv.hub import push_output_dir, write_model_card
+from textinv.models import family_of_text_dim, load_pipeline, model_defaults, resolve_model_source
+from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
+from textinv.tokens import (
+    add_placeholder_tokens,
+    bake_placeholder_rows,
+    initializer_id,
+    install_placeholder_embedding,
+    text_embedding_dim,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    final_loss: float
+    embedding_path: Path
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    cfg.validate()
+    output_dir = Path(cfg.output_dir)
+    source = resolve_model_source(cfg.pretrained_model_name_or_path)
+    resume_from = _find_resume(cfg, output_dir)
+    accelerator = _make_accelerator(cfg, output_dir)
+    device, is_main = accelerator.device, accelerator.is_main_process
+    if is_main:
+        prepare_output_dir(
+            output_dir, resuming=cfg.resume_from_checkpoint is not None, overwrite=cfg.overwrite_output_dir
+        )
+        ckpt.remove_interrupted_writes(output_dir)
+    accelerator.wait_for_everyone()
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # 1. The frozen model, in the training precision.
+    pipe = load_pipeline(source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype)
+    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    if cfg.tokenizer_name:
+        tokenizer = _load_tokenizer(cfg.tokenizer_name)
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    _configure_attention_and_memory(cfg, unet, text_encoder)
+
+    # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
+    placeholder = add_placeholder_tokens(tokenizer, cfg.placeholder_token, cfg.num_vectors)
+    init_id = initializer_id(tokenizer, cfg.initializer_token)
+    new_rows = install_placeholder_embedding(text_encoder, tokenizer, placeholder, init_id)
+    pipe.tokenizer = tokenizer  # validation samples through the pipeline, with the new rows
+    dim = text_embedding_dim(text_encoder)
+
+    # 3. Data: images → VAE posteriors, encoded once; prompt templates tokenized once.
+    images, _ = load_concept_images(cfg.train_data_dir)
+    unet.to(device)
+    text_encoder.to(device)
+    vae.to(device)
+    posteriors = cache_latent_posteriors(vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype)
+    if device.type == "cuda":
+        vae.to("cpu")  # only validation needs it again
+    template_ids = tokenize_templates(
+        tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string
+    )
+    template_ids = template_ids.to(device)
+
+    # 4. Optimiser and LR schedule over the new rows only.
+    per_process, n_proc, accum = (
+        cfg.train_batch_size,
+        accelerator.num_processes,
+        cfg.gradient_accumulation_steps,
+    )
+    global_batch = per_process * n_proc
+    steps_per_epoch = max(1, math.ceil(len(images) * cfg.repeats / (global_batch * accum)))
+    total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+    lr = cfg.learning_rate * (accum * per_process * n_proc if cfg.scale_lr else 1)
+    validation_steps = cfg.validation_steps
+    if cfg.validation_epochs is not None:
+        validation_steps = cfg.validation_epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(
+        [new_rows.rows],
+        lr=lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+    )
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=total_steps,
+        num_cycles=cfg.lr_num_cycles,
+    )
+    optimizer = accelerator.prepare(optimizer)  # fp16 loss scaling, device placement of its state
+
+    # 5. Resume: rows, optimiser, schedule and the sampling counter.
+    seed, global_step, samples_seen = _initial_seed(cfg, accelerator), 0, 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from)
+        _check_resume_compatible(state.state, cfg, dim, resume_from)
+        with torch.no_grad():
+            new_rows.rows.copy_(state.rows.to(device))
+        optimizer.load_state_dict(state.optimizer_state)
+        lr_scheduler.load_state_dict(state.scheduler_state)
+        seed, global_step, samples_seen = state.state.seed, state.state.global_step, state.state.samples_seen
+        log.info("resumed from %s at step %d", resume_from, global_step)
+    stream = SampleStream(
+        seed=seed,
+        num_images=len(images),
+        repeats=cfg.repeats,
+        num_templates=len(template_ids),
+        latent_shape=posteriors.latent_shape,
+        num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+    )
+    training_state = ckpt.TrainingState(
+        global_step=global_step,
+        seed=seed,
+        placeholder_token=cfg.placeholder_token,
+        num_vectors=cfg.num_vectors,
+        embedding_dim=dim,
+        samples_seen=samples_seen,
+        base_model=source.path_or_id,
+    )
+    if is_main:
+        accelerator.init_trackers("textual_inversion", config=_tracker_config(cfg))
+        log.info(
+            "training %s (%d vector(s), dim %d) on %d image(s): %d steps, batch %d x %d process(es) x %d accum, lr %g",
+            cfg.placeholder_token,
+            cfg.num_vectors,
+            dim,
+            len(images),
+            total_steps,
+            per_process,
+            n_proc,
+            accum,
+            lr,
+        )
+
+    # 6. The loop.
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
+    loss_value, last_good = float("nan"), new_rows.rows.detach().clone()
+    while global_step < total_steps:
+        step_start = time.perf_counter()
+        step_loss = torch.zeros((), device=device)
+        for micro in range(accum):
+            first = samples_seen + micro * global_batch + accelerator.process_index * per_process
+            draws = stream.draw(range(first, first + per_process))
+            loss = _diffusion_loss(
+                draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+            )
+            accelerator.backward(loss / accum)
+            step_loss += loss.detach() / accum
+        step_loss = accelerator.reduce(step_loss, "mean")
+        loss_value = float(step_loss)
+        if not math.isfinite(loss_value):
+            _stop_on_divergence(output_dir, cfg, last_good, global_step, is_main)
+        if n_proc > 1:
+            new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, "mean")
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_good = new_rows.rows.detach().clone()
+        global_step += 1
+        samples_seen += global_batch * accum
+        training_state.global_step, training_state.samples_seen = global_step, samples_seen
+        step_time = time.perf_counter() - step_start
+
+        current_lr = lr_scheduler.get_last_lr()[0]
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
+        accelerator.log({"loss": loss_value, "lr": current_lr, "step_time": step_time}, step=global_step)
+        if is_main:
+            if global_step % cfg.save_steps == 0:
+                path = step_embedding_path(output_dir, global_step, safe=not cfg.no_safe_serialization)
+                save_diffusers_embedding(path, cfg.placeholder_token, new_rows.rows)
+            if global_step % cfg.checkpointing_steps == 0:
+                ckpt.save_checkpoint(
+                    output_dir,
+                    training_state,
+                    new_rows.rows,
+                    optimizer,
+                    lr_scheduler,
+                    cfg.checkpoints_total_limit,
+                )
+            if cfg.validation_prompt and global_step % validation_steps == 0:
+                _validate(cfg, accelerator, pipe, source, output_dir, global_step, seed)
+        accelerator.wait_for_everyone()
+    progress.close()
+
+    # 7. Save: embedding files, full pipeline on request, model card, push.
+    result_path = output_dir / "learned_embeds.safetensors"
+    if is_main:
+        validation_images: list[Path] = []
+        if cfg.validation_prompt:
+            folder = output_dir / "validation" / f"step-{global_step}"
+            if not folder.is_dir():
+                _validate(cfg, accelerator, pipe, source, output_dir, global_step, seed)
+            validation_images = sorted(folder.glob("*.png"))
+        metadata = {
+            "format": "pt",
+            "textinv.token": cfg.placeholder_token,
+            "textinv.initializer_token": cfg.initializer_token or "",
+            "textinv.step": str(global_step),
+            "textinv.base_model": source.path_or_id,
+            "textinv.family": family_of_text_dim(dim),
+            "textinv.learnable_property": cfg.learnable_property,
+        }
+        result_path = save_concept(
+            output_dir, cfg.placeholder_token, new_rows.rows, cfg.learnable_property, metadata
+        )
+        if cfg.save_as_full_pipeline:
+            bake_placeholder_rows(text_encoder)
+            pipe.save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            base_model=cfg.pretrained_model_name_or_path or "textinv-toy",
+            placeholder_token=cfg.placeholder_token,
+            initializer_token=cfg.initializer_token or "",
+            learnable_property=cfg.learnable_property,
+            num_vectors=cfg.num_vectors,
+            steps=global_step,
+            validation_prompt=cfg.validation_prompt,
+            validation_images=validation_images,
+            repo_id=cfg.hub_model_id if cfg.push_to_hub else None,
+        )
+        if cfg.push_to_hub:
+            push_output_dir(output_dir, repo_id=cfg.hub_model_id, token=cfg.hub_token)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(output_dir, global_step, loss_value, result_path)
+
+
+def _diffusion_loss(
+    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+):
+    """MSE between the UNet's prediction and its target (ε, or v for v-prediction models)."""
+    latents = posteriors.sample(
+        draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device)
+    )
+    noise = draws.noise.to(device)
+    timesteps = draws.timesteps.to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    cond = text_encoder(template_ids[draws.template_idx.to(device)])[0].to(weight_dtype)
+    pred = unet(noisy.to(weight_dtype), timesteps, cond).sample
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def _make_accelerator(cfg: TrainConfig, output_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    report_to = None if cfg.report_to in ("none", "") else cfg.report_to
+    if report_to in ("wandb", "comet_ml"):
+        import importlib.util
+
+        if importlib.util.find_spec(report_to) is None:
+            raise TextinvError(
+                f"--report_to {report_to} needs the {report_to} package; pip install {report_to}"
+            )
+    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / cfg.logging_dir))
+    try:
+        return Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project)
+    except (ValueError, RuntimeError) as exc:
+        hint = (
+            "use --mixed_precision bf16 or no on CPU" if cfg.mixed_precision == "fp16" else "check the flags"
+        )
+        raise TextinvError(f"cannot set up --mixed_precision {cfg.mixed_precision}: {exc}; {hint}") from exc
+
+
+def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoder) -> None:
+    if cfg.enable_xformers_memory_efficient_attention:
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise TextinvError(
+                "--enable_xformers_memory_efficient_attention needs xformers; pip install xformers, "
+                "or drop the flag (PyTorch SDPA attention is used by default)"
+            )
+        unet.enable_xformers_memory_efficient_attention()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+        # Both libraries only recompute activations in training mode; dropout is 0 in SD's models.
+        unet.train()
+        text_encoder.train()
+
+
+def _load_tokenizer(name: str):
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(name)
+    except Exception as exc:
+        raise TextinvError(
+            f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path"
+        ) from exc
+
+
+def _find_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
+    if not cfg.resume_from_checkpoint:
+        return None
+    found = ckpt.resolve_resume(output_dir, cfg.resume_from_checkpoint)
+    if found is None:
+        log.info("no checkpoint in %s yet; starting a new run", output_dir)
+    return found
+
+
+def _initial_seed(cfg: TrainConfig, accelerator) -> int:
+    if cfg.seed is not None:
+        return int(cfg.seed)
+    from accelerate.utils import broadcast_object_list
+
+    # Every process must draw the same samples: pick the seed once and share it.
+    return int(broadcast_object_list([secrets.randbits(62)])[0])
+
+
+def _check_resume_compatible(state: ckpt.TrainingState, cfg: TrainConfig, dim: int, path: Path) -> None:
+    if state.embedding_dim != dim:
+        raise TextinvError(
+            f"checkpoint {path} was trained on a {family_of_text_dim(state.embedding_dim)} model "
+            f"(dim {state.embedding_dim}) but this model is {family_of_text_dim(dim)} (dim {dim}); "
+            "resume with the checkpoint's model"
+        )
+    if (state.placeholder_token, state.num_vectors) != (cfg.placeholder_token, cfg.num_vectors):
+        raise TextinvError(
+            f"checkpoint {path} trains {state.placeholder_token!r} with {state.num_vectors} vector(s), "
+            f"not {cfg.placeholder_token!r} with {cfg.num_vectors}; use the same --placeholder_token and --num_vectors"
+        )
+
+
+def _stop_on_divergence(
+    output_dir: Path, cfg: TrainConfig, last_good: torch.Tensor, step: int, is_main: bool
+):
+    """Keep the last good embedding beside the checkpoints, then stop with a clear message."""
+    kept = step_embedding_path(output_dir, step, safe=True)
+    if is_main:
+        save_diffusers_embedding(kept, cfg.placeholder_token, last_good)
+    latest = ckpt.list_checkpoints(output_dir)
+    where = f"; last checkpoint: {latest[-1].name}" if latest else ""
+    raise TrainingDiverged(
+        f"loss became NaN/inf at step {step + 1}; kept the last good embedding in {kept.name}{where}; "
+        f"lower --learning_rate (now {cfg.learning_rate:g}) or use --mixed_precision bf16/no"
+    )
+
+
+def _tracker_config(cfg: TrainConfig) -> dict:
+    # TensorBoard's hparams accept only scalars and strings; secrets were removed by public_dict.
+    return {k: v for k, v in cfg.public_dict().items() if isinstance(v, (int, float, str, bool))}
+
+
+def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed: int) -> list[Path]:
+    """Generate `num_validation_images` with the current embedding; save PNGs and log them.
+
+    Sampling follows the model's recommended generate settings (textinv.json), else diffusers'
+    validation recipe: DPM-Solver, 25 steps.
+    """
+    import numpy as np
+
+    from textinv.sample import generate_images, save_png
+
+    settings = model_defaults(source, "generate")
+    vae_device = pipe.vae.device
+    pipe.vae.to(accelerator.device)
+    images = generate_images(
+        pipe,
+        cfg.validation_prompt,
+        num_images=cfg.num_validation_images,
+        seed=seed,
+        num_inference_steps=int(settings.get("num_inference_steps", 25)),
+        guidance_scale=float(settings.get("guidance_scale", 7.5)),
+        scheduler=settings.get("scheduler", "dpm"),
+        height=cfg.resolution,
+        width=cfg.resolution,
+        progress=False,
+    )
+    pipe.vae.to(vae_device)
+    folder = Path(output_dir) / "validation" / f"step-{step}"
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{i:02d}.png"
+        save_png(path, image, f"{cfg.validation_prompt}\nSteps: {step}, Seed: {seed}")
+        paths.append(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            stacked = np.stack([np.asarray(im) for im in images])
+            tracker.log_images({"validation": stacked}, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log(
+                {"validation": [wandb.Image(im, caption=cfg.validation_prompt) for im in images]}, step=step
+            )
+    return paths
