@@ -97,7 +97,10 @@ def install_placeholder_embedding(text_encoder, tokenizer, placeholder: Placehol
     Every original weight stays bitwise unchanged and frozen; only `PlaceholderEmbedding.rows` trains.
     """
     text_encoder.requires_grad_(False)
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    try:  # the new rows are overwritten below, so skip transformers' random mean-resizing init
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    except TypeError:  # transformers < 4.46
+        text_encoder.resize_token_embeddings(len(tokenizer))
     base = text_encoder.get_input_embeddings()
     with torch.no_grad():
         init = base.weight[init_id].detach().clone()

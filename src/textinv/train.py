@@ -50,6 +50,7 @@ class TrainResult:
     global_step: int
     final_loss: float
     embedding_path: Path
+    losses: list[float]  # per optimisation step of this invocation (after any resume)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -181,7 +182,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
-    loss_value, last_good = float("nan"), new_rows.rows.detach().clone()
+    loss_value, last_good, losses = float("nan"), new_rows.rows.detach().clone(), []
     while global_step < total_steps:
         step_start = time.perf_counter()
         step_loss = torch.zeros((), device=device)
@@ -195,6 +196,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             step_loss += loss.detach() / accum
         step_loss = accelerator.reduce(step_loss, "mean")
         loss_value = float(step_loss)
+        losses.append(loss_value)
         if not math.isfinite(loss_value):
             _stop_on_divergence(output_dir, cfg, last_good, global_step, is_main)
         if n_proc > 1:
@@ -271,7 +273,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             push_output_dir(output_dir, repo_id=cfg.hub_model_id, token=cfg.hub_token)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(output_dir, global_step, loss_value, result_path)
+    return TrainResult(output_dir, global_step, loss_value, result_path, losses)
 
 
 def _diffusion_loss(

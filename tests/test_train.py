@@ -1,0 +1,244 @@
+"""`textinv train` end to end on tiny SD-1-like and SD-2-like pipelines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import learned, run_cli, train_args
+from safetensors.torch import load_file
+
+from textinv.config import build_config
+from textinv.train import train
+
+
+def test_train_writes_the_concepts_library_layout_and_diffusers_loads_it(sd1_model, concept_dir, tmp_path):
+    out = tmp_path / "run"
+    rc = run_cli(train_args(sd1_model, concept_dir, out, "--num_vectors", "2", "--save_steps", "2"))
+    assert rc == 0
+    emb = learned(out)
+    assert list(emb) == ["<cat-toy>"] and emb["<cat-toy>"].shape == (2, 32)
+    assert emb["<cat-toy>"].dtype == torch.float32
+    from_bin = torch.load(out / "learned_embeds.bin", weights_only=True)
+    assert torch.equal(from_bin["<cat-toy>"], emb["<cat-toy>"])
+    assert (out / "token_identifier.txt").read_text() == "<cat-toy>"
+    assert (out / "type_of_concept.txt").read_text() == "object"
+    assert (out / "learned_embeds-steps-2.safetensors").is_file()
+    assert (out / "learned_embeds-steps-4.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "<cat-toy>" in card and str(sd1_model) in card and "load_textual_inversion" in card
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_model, safety_checker=None)
+    pipe.load_textual_inversion(str(out))
+    ids = pipe.tokenizer(pipe.maybe_convert_prompt("a <cat-toy> backpack", pipe.tokenizer)).input_ids
+    assert len(ids) == 2 + 4  # bos, a, <cat-toy>, <cat-toy>_1, backpack, eos
+    rows = pipe.text_encoder.get_input_embeddings().weight[ids[2:4]]
+    assert torch.allclose(rows, emb["<cat-toy>"])
+    image = pipe("a <cat-toy> backpack", num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_training_moves_the_embedding_and_lowers_nothing_else(sd1_model, concept_dir, tmp_path):
+    """Every UNet, VAE and text-encoder weight stays bitwise unchanged; only the new rows differ."""
+    out = tmp_path / "full"
+    rc = run_cli(train_args(sd1_model, concept_dir, out, "--save_as_full_pipeline", "--num_vectors", "2"))
+    assert rc == 0
+    for part in ("unet", "vae"):
+        before = load_file(str(next((sd1_model / part).glob("*.safetensors"))))
+        after = load_file(str(next((out / part).glob("*.safetensors"))))
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    before = load_file(str(next((sd1_model / "text_encoder").glob("*.safetensors"))))
+    after = load_file(str(next((out / "text_encoder").glob("*.safetensors"))))
+    key = next(k for k in before if k.endswith("token_embedding.weight"))
+    for k in before:
+        if k != key:
+            assert torch.equal(before[k], after[k]), k
+    vocab = before[key].shape[0]
+    assert torch.equal(after[key][:vocab], before[key])
+    rows = after[key][vocab:]
+    assert rows.shape == (2, 32)
+    assert torch.equal(rows, learned(out)["<cat-toy>"])
+    init_row = before[key][_token_id(sd1_model, "toy")]
+    assert not torch.allclose(rows[0], init_row), "the embedding did not move"
+
+
+def _token_id(model: Path, word: str) -> int:
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(model / "tokenizer").encode(word, add_special_tokens=False)[0]
+
+
+@pytest.mark.parametrize("model_fixture", ["sd1_model", "sd2_model"])
+def test_learning_matches_a_straightforward_implementation(model_fixture, request, concept_dir, tmp_path):
+    """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance)."""
+    model = request.getfixturevalue(model_fixture)
+    given = dict(
+        pretrained_model_name_or_path=str(model),
+        train_data_dir=str(concept_dir),
+        placeholder_token="<cat-toy>",
+        initializer_token="toy",
+        resolution=32,
+        train_batch_size=2,
+        max_train_steps=5,
+        learning_rate=5e-2,
+        lr_warmup_steps=0,
+        adam_weight_decay=0.1,
+        seed=3,
+        report_to="none",
+        num_vectors=2,
+        output_dir=str(tmp_path / "ours"),
+    )
+    ours = train(build_config(given))
+    ours_rows = learned(tmp_path / "ours")["<cat-toy>"]
+    oracle_losses, oracle_rows = _reference_textual_inversion(**given)
+    assert ours.losses == pytest.approx(oracle_losses, rel=1e-4, abs=1e-5)
+    assert torch.allclose(ours_rows, oracle_rows, rtol=1e-4, atol=1e-5)
+
+
+def _reference_textual_inversion(**cfg):
+    """The method as the reference script does it: VAE-encode every step, AdamW over the whole
+    embedding matrix, restore the original rows after each step. Same random draws as ours."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from textinv.data import OBJECT_TEMPLATES, SampleStream, load_concept_images, preprocess
+
+    model = Path(cfg["pretrained_model_name_or_path"])
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model / "text_encoder")
+    vae = AutoencoderKL.from_pretrained(model / "vae")
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    scheduler = DDPMScheduler.from_pretrained(model / "scheduler")
+    n = cfg["num_vectors"]
+    names = ["<cat-toy>"] + [f"<cat-toy>_{i}" for i in range(1, n)]
+    tokenizer.add_tokens(names)
+    new_ids = tokenizer.convert_tokens_to_ids(names)
+    init_id = tokenizer.encode(cfg["initializer_token"], add_special_tokens=False)[0]
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[new_ids] = weight[init_id].clone()
+    original = weight.detach().clone()
+    vae.requires_grad_(False)
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    weight.requires_grad_(True)
+    optimizer = torch.optim.AdamW([weight], lr=cfg["learning_rate"], weight_decay=cfg["adam_weight_decay"])
+    images, _ = load_concept_images(cfg["train_data_dir"])
+    batch = cfg["train_batch_size"]
+    latent_side = cfg["resolution"] // (2 ** (len(vae.config.block_out_channels) - 1))
+    stream = SampleStream(cfg["seed"], len(images), 100, len(OBJECT_TEMPLATES), (4, latent_side, latent_side), 1000)
+    keep = torch.ones(len(tokenizer), dtype=torch.bool)
+    keep[new_ids] = False
+    losses = []
+    for step in range(cfg["max_train_steps"]):
+        d = stream.draw(range(step * batch, (step + 1) * batch))
+        pixels = torch.stack(
+            [preprocess(images[i], cfg["resolution"], False, bool(f)) for i, f in zip(d.image_idx, d.flip, strict=True)]
+        )
+        dist = vae.encode(pixels).latent_dist
+        latents = (dist.mean + dist.std * d.latent_eps) * vae.config.scaling_factor
+        noisy = scheduler.add_noise(latents, d.noise, d.timesteps)
+        texts = [OBJECT_TEMPLATES[int(t)].format(" ".join(names)) for t in d.template_idx]
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, d.timesteps, cond).sample
+        target = (
+            d.noise
+            if scheduler.config.prediction_type == "epsilon"
+            else scheduler.get_velocity(latents, d.noise, d.timesteps)
+        )
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            weight[keep] = original[keep]
+        losses.append(float(loss))
+    return losses, weight.detach()[new_ids].clone()
+
+
+def test_sd2_v_prediction_trains_against_velocity(sd2_model, concept_dir, tmp_path, monkeypatch):
+    calls = []
+    from diffusers import DDPMScheduler
+
+    real = DDPMScheduler.get_velocity
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", spy)
+    assert run_cli(train_args(sd2_model, concept_dir, tmp_path / "v", steps=2)) == 0
+    assert len(calls) == 2
+    assert learned(tmp_path / "v")["<cat-toy>"].shape == (1, 32)
+
+
+def test_checkpoints_total_limit_keeps_the_newest(sd1_model, concept_dir, tmp_path):
+    out = tmp_path / "ck"
+    args = ["--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *args, steps=3)) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    # Resume from checkpoint-2 and continue to step 6; the limit still holds (diffusers' own test).
+    resume = ["--resume_from_checkpoint", "checkpoint-2", *args]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=6)) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-6"]
+    state = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
+    assert state["global_step"] == 6 and state["samples_seen"] == 12
+
+
+def test_resume_after_kill_is_bitwise_equal(sd1_model, concept_dir, tmp_path):
+    """kill -9 between checkpoints, resume from latest: the embedding equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps, every = 12, 3
+    full = tmp_path / "full"
+    assert run_cli(train_args(sd1_model, concept_dir, full, "--checkpointing_steps", str(every), steps=steps)) == 0
+
+    killed = tmp_path / "killed"
+    args = train_args(sd1_model, concept_dir, killed, "--checkpointing_steps", str(every), steps=steps)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "textinv", *args], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-6").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoint-6").is_dir()
+    assert not (killed / "learned_embeds.safetensors").exists(), "the run finished before it was killed"
+
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", str(every)]
+    assert run_cli(train_args(sd1_model, concept_dir, killed, *resume, steps=steps)) == 0
+    assert torch.equal(learned(full)["<cat-toy>"], learned(killed)["<cat-toy>"])
+    assert not list(killed.glob(".checkpoint-*.tmp"))
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_latest_intact(sd1_model, concept_dir, tmp_path, monkeypatch):
+    from textinv import checkpoint as ckpt
+
+    out = tmp_path / "crash"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
+    real_save = torch.save
+
+    def dying_save(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if "scheduler" in str(path):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2", "--debug"]
+    with pytest.raises(OSError):
+        run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=4))
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+    assert not (out / "checkpoint-4").exists()
+    loaded = ckpt.load_checkpoint(ckpt.resolve_resume(out, "latest"))
+    assert loaded.state.global_step == 2
