@@ -24,6 +24,7 @@ import pickle
 import re
 import struct
 import sys
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -194,7 +195,9 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def load_weights_only(path: Path) -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only, never arbitrary code."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickling_detail(exc)
         raise TextinvError(
@@ -210,7 +213,7 @@ def load_weights_only(path: Path) -> Any:
 
 def _unpickling_detail(exc: Exception) -> str:
     text = str(exc)
-    found = re.search(r"Unsupported (global|operand)[^.]*", text)
+    found = re.search(r"Unsupported (global|operand)[^.\n]*", text)
     return found.group(0).strip() if found else _first_line(exc)
 
 
