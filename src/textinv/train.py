@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -198,6 +199,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_value = float(step_loss)
         losses.append(loss_value)
         if not math.isfinite(loss_value):
+            progress.close()
             _stop_on_divergence(output_dir, cfg, last_good, global_step, is_main)
         if n_proc > 1:
             new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, "mean")
@@ -310,6 +312,12 @@ def _make_accelerator(cfg: TrainConfig, output_dir: Path):
             raise TextinvError(
                 f"--report_to {report_to} needs the {report_to} package; pip install {report_to}"
             )
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one global state per process; a second train() call in the same process
+        # (a notebook, the tests) may ask for another precision, so start from a clean state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / cfg.logging_dir))
     try:
         return Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project)
