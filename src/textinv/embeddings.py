@@ -201,8 +201,8 @@ def load_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         detail = _unpickling_detail(exc)
         raise TextinvError(
-            f"refusing to load {path.name}: it is not plain tensor data ({detail}) and unpickling it could "
-            "run code; get a .safetensors version of this embedding, or convert it where you trust the file"
+            f"refusing to load {path.name}: it needs more than tensors ({detail}) and unpickling it could "
+            "run code; use a .safetensors copy of this embedding instead"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
         raise TextinvError(

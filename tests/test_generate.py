@@ -1,0 +1,135 @@
+"""`textinv generate` as a user runs it, and the small `textinv.sample` API the trainer calls."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from textinv.cli import main
+from textinv.embeddings import save_a1111_embedding, save_diffusers_embedding
+from textinv.sample import infotext, make_grid
+
+DIM = 32
+
+
+def _vec(n, dim=DIM, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)) * 0.3
+
+
+def parse_a1111_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """AUTOMATIC1111's reading of a `parameters` chunk: prompt, negative prompt, last-line key: value pairs."""
+    *head, last = text.strip().split("\n")
+    prompt_lines, negative = [], ""
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            negative = line[len("Negative prompt:") :].strip()
+        else:
+            prompt_lines.append(line)
+    pairs = re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', last)
+    fields = {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
+    return "\n".join(prompt_lines), negative, fields
+
+
+def test_generate_writes_pngs_grid_and_a1111_parameters(sd1_model, tmp_path, capsys):
+    save_diffusers_embedding(tmp_path / "toy.safetensors", "<cat-toy>", _vec(2))
+    save_a1111_embedding(tmp_path / "style.pt", "<wavy>", _vec(1, seed=1))
+    out = tmp_path / "out"
+    argv = ["generate", "a <cat-toy> backpack, in <wavy> style", "--model", str(sd1_model),
+            "--concept", str(tmp_path / "toy.safetensors"), "--concept", str(tmp_path / "style.pt"),
+            "-n", "3", "--steps", "2", "--guidance", "6", "--seed", "11", "--scheduler", "euler",
+            "--negative", "blurry, dark", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    singles = sorted(out.glob("0*.png"))
+    assert [p.name for p in singles] == ["0000-seed11.png", "0001-seed12.png", "0002-seed13.png"]
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (3 * 32, 32)
+    for i, path in enumerate(singles):
+        image = Image.open(path)
+        assert image.size == (32, 32) and image.mode == "RGB"
+        prompt, negative, fields = parse_a1111_infotext(image.text["parameters"])
+        assert prompt == "a <cat-toy> backpack, in <wavy> style" and negative == "blurry, dark"
+        assert fields["Seed"] == str(11 + i) and fields["Steps"] == "2" and fields["CFG scale"] == "6"
+        assert fields["Sampler"] == "Euler" and fields["Size"] == "32x32"
+        assert fields["Textual inversion"] == "<cat-toy>, <wavy>"
+    assert "wrote 3 images" in capsys.readouterr().out
+
+
+def test_same_seed_same_image_and_seed_i_reproduces_image_i(sd1_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from textinv.sample import generate_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_model, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(num_inference_steps=2, guidance_scale=5.0)
+    batch = generate_images(pipe, "a photo", num_images=2, seed=4, progress=False, **kwargs)
+    again = generate_images(pipe, "a photo", num_images=1, seed=5, progress=False, **kwargs)
+    assert again[0].tobytes() == batch[1].tobytes()
+    assert batch[0].tobytes() != batch[1].tobytes()
+    seen = []
+    generate_images(pipe, "a photo", num_images=2, seed=0, progress=seen.append, scheduler="ddim", **kwargs)
+    assert seen == [2, 4]  # 2 images x 2 steps, reported as they happen
+
+
+def test_generate_takes_defaults_from_the_models_textinv_json(sd1_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(sd1_model, model)
+    (model / "textinv.json").write_text(
+        json.dumps(
+            {
+                "generate": {
+                    "num_inference_steps": 3,
+                    "guidance_scale": 2.5,
+                    "scheduler": "ddim",
+                    "height": 40,
+                    "width": 48,
+                }
+            }
+        )  # fmt: skip
+    )
+    out = tmp_path / "out"
+    assert main(["generate", "a cube", "--model", str(model), "-n", "1", "--out", str(out), "--quiet"]) == 0
+    image = Image.open(out / "0000-seed0.png")
+    _, _, fields = parse_a1111_infotext(image.text["parameters"])
+    assert (fields["Steps"], fields["CFG scale"], fields["Sampler"], fields["Size"]) == ("3", "2.5", "DDIM", "48x40")
+    assert image.size == (48, 40)
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--dtype", "float16", "--device", "cpu"], "float16 needs a GPU"),
+        (["--concept", "WRONG768"], "sd1 (768)"),
+        (["--concept", "nowhere/missing.safetensors"], "not found"),
+        (["--height", "30"], "multiples of 8"),
+    ],
+)
+def test_generate_bad_input_is_one_line_exit_2(sd1_model, tmp_path, capsys, extra, expected):
+    save_diffusers_embedding(tmp_path / "wrong.safetensors", "<w>", _vec(1, 768))
+    extra = [str(tmp_path / "wrong.safetensors") if a == "WRONG768" else a for a in extra]
+    argv = ["generate", "a <w>", "--model", str(sd1_model), "-n", "1", "--steps", "1", "--quiet",
+            "--out", str(tmp_path / "o"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("textinv: error:") and "\n" not in err and expected in err, err
+
+
+def test_infotext_matches_a1111_layout():
+    text = infotext("a <x>, b", seed=3, steps=20, guidance_scale=7.0, width=512, height=768, sampler="DPM++ 2M",
+                    negative_prompt="ugly", model="v1-5", concepts=["<x>"])  # fmt: skip
+    lines = text.split("\n")
+    assert lines[0] == "a <x>, b" and lines[1] == "Negative prompt: ugly"
+    assert lines[2].startswith("Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 3, Size: 512x768, Model: v1-5")
+    assert "Negative prompt" not in infotext("p", seed=0, steps=1, guidance_scale=1, width=8, height=8, sampler="DDIM")
+
+
+def test_grid_tiles_row_by_row():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9), (200, 200, 0)]
+    grid = make_grid([Image.new("RGB", (4, 6), c) for c in colours])
+    assert grid.size == (3 * 4, 2 * 6)
+    assert grid.getpixel((0, 0)) == colours[0] and grid.getpixel((8, 0)) == colours[2]
+    assert grid.getpixel((4, 6)) == colours[4] and grid.getpixel((8, 6)) == (255, 255, 255)
