@@ -134,7 +134,8 @@ def _tables_from_folder(folder: Path) -> list[tuple[Any, Any]]:
 
 def _readable(tokenizer: Any, token_id: int) -> str:
     """A vocabulary entry as text (CLIP stores byte-level symbols and a `</w>` word-end mark)."""
-    return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)]).strip()
+    text = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)])
+    return text.replace("</w>", " ").strip()
 
 
 def format_report(r: dict[str, Any]) -> str:
