@@ -1,0 +1,179 @@
+"""Validation images, trackers, the Hub push, the drop-in flag set and image handling of `textinv train`."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from helpers import learned, run_cli, run_subprocess, train_args
+from PIL import Image
+
+from textinv.data import load_concept_images, to_rgb
+
+DIFFUSERS_FLAGS = """--pretrained_model_name_or_path --revision --variant --tokenizer_name --train_data_dir
+--placeholder_token --initializer_token --learnable_property --repeats --num_vectors --output_dir --seed
+--resolution --center_crop --train_batch_size --num_train_epochs --max_train_steps --gradient_accumulation_steps
+--gradient_checkpointing --learning_rate --scale_lr --lr_scheduler --lr_warmup_steps --lr_num_cycles
+--dataloader_num_workers --adam_beta1 --adam_beta2 --adam_weight_decay --adam_epsilon --push_to_hub --hub_token
+--hub_model_id --logging_dir --mixed_precision --allow_tf32 --report_to --validation_prompt --num_validation_images
+--validation_steps --validation_epochs --local_rank --checkpointing_steps --checkpoints_total_limit
+--resume_from_checkpoint --enable_xformers_memory_efficient_attention --no_safe_serialization --save_steps
+--save_as_full_pipeline""".split()
+
+
+def test_help_documents_every_diffusers_flag():
+    proc = run_subprocess(["train", "--help"])
+    assert proc.returncode == 0
+    for flag in DIFFUSERS_FLAGS:
+        assert flag in proc.stdout, flag
+
+
+def test_diffusers_defaults_are_kept():
+    from textinv.config import TrainConfig
+
+    c = TrainConfig()
+    assert (c.resolution, c.train_batch_size, c.max_train_steps, c.learning_rate) == (512, 16, 5000, 1e-4)
+    assert (c.repeats, c.lr_scheduler, c.lr_warmup_steps, c.adam_weight_decay) == (100, "constant", 500, 1e-2)
+    assert (c.output_dir, c.checkpointing_steps, c.save_steps, c.validation_steps) == (
+        "text-inversion-model",
+        500,
+        500,
+        100,
+    )
+    assert (c.mixed_precision, c.report_to, c.num_validation_images, c.learnable_property) == (
+        "no",
+        "tensorboard",
+        4,
+        "object",
+    )
+
+
+def test_validation_images_are_saved_logged_and_shown_in_the_model_card(sd1_model, concept_dir, tmp_path):
+    out = tmp_path / "val"
+    extra = ["--validation_prompt", "a <cat-toy> backpack", "--num_validation_images", "2"]
+    extra += ["--validation_steps", "2", "--report_to", "tensorboard"]
+    args = train_args(sd1_model, concept_dir, out, *extra, steps=4)
+    args[args.index("none") - 1 : args.index("none") + 1] = []
+    assert run_cli(args) == 0
+    for step in (2, 4):
+        pngs = sorted((out / "validation" / f"step-{step}").glob("*.png"))
+        assert len(pngs) == 2
+        with Image.open(pngs[0]) as im:
+            assert im.size == (32, 32)
+            assert "a <cat-toy> backpack" in im.text.get("parameters", "")
+    assert "validation/step-4/00.png" in (out / "README.md").read_text()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs" / "textual_inversion"), size_guidance={"images": 0})
+    events.Reload()
+    assert "loss" in events.Tags()["scalars"] and "lr" in events.Tags()["scalars"]
+    assert "step_time" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert any(tag.startswith("validation") for tag in events.Tags()["images"])
+
+
+def test_push_to_hub_uploads_the_folder_and_never_shows_the_token(
+    sd1_model, concept_dir, tmp_path, monkeypatch, capsys, caplog
+):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, exist_ok):
+            calls["repo"] = (repo_id, exist_ok)
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
+            from pathlib import Path
+
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["ignore"] = ignore_patterns
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    secret = "hf_TOPSECRETtoken42"
+    out = tmp_path / "push"
+    extra = ["--push_to_hub", "--hub_model_id", "me/cat-toy", "--hub_token", secret, "--checkpointing_steps", "1"]
+    with caplog.at_level(logging.DEBUG):
+        assert run_cli(train_args(sd1_model, concept_dir, out, *extra, steps=2)) == 0
+    assert calls["token"] == secret and calls["repo"] == ("me/cat-toy", True)
+    assert {"learned_embeds.safetensors", "README.md", "token_identifier.txt"} <= set(calls["files"])
+    assert "checkpoint-*" in calls["ignore"]
+    assert "me/cat-toy" in (out / "README.md").read_text()
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + caplog.text
+    assert secret not in shown
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_diffusers_example_test_command_runs_unchanged(sd1_model, tmp_path):
+    """The command line of diffusers' own example test (test_textual_inversion), pointed at textinv."""
+    from conftest import write_concept_images
+
+    data = write_concept_images(tmp_path / "imgs", n=3, size=64)
+    out = tmp_path / "tmpdir"
+    args = f"""train --pretrained_model_name_or_path {sd1_model} --train_data_dir {data}
+        --learnable_property object --placeholder_token <cat-toy> --initializer_token a
+        --validation_prompt <cat-toy> --validation_steps 1 --save_steps 1 --num_vectors 2
+        --resolution 64 --train_batch_size 1 --gradient_accumulation_steps 1 --max_train_steps 2
+        --learning_rate 5.0e-04 --scale_lr --lr_scheduler constant --lr_warmup_steps 0
+        --output_dir {out}""".split()
+    assert run_cli(args) == 0
+    assert (out / "learned_embeds.safetensors").is_file()
+    assert (out / "learned_embeds-steps-1.safetensors").is_file()
+    assert learned(out)["<cat-toy>"].shape == (2, 32)
+
+
+def test_gradient_accumulation_and_checkpointing_flags_train(sd1_model, concept_dir, tmp_path):
+    extra = ["--gradient_accumulation_steps", "2", "--gradient_checkpointing", "--center_crop"]
+    extra += ["--learnable_property", "style", "--lr_scheduler", "cosine", "--no_safe_serialization"]
+    extra += ["--save_steps", "1"]
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "ga", *extra, steps=2)) == 0
+    assert (tmp_path / "ga" / "type_of_concept.txt").read_text() == "style"
+    assert torch.load(tmp_path / "ga" / "learned_embeds-steps-1.bin", weights_only=True)["<cat-toy>"].shape == (1, 32)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
+        lambda: Image.new("P", (8, 8), 3),
+        lambda: Image.new("L", (8, 8), 128),
+        lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)),
+        lambda: Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+        lambda: Image.new("LA", (8, 8), (10, 255)),
+        lambda: Image.new("1", (8, 8), 1),
+        lambda: Image.new("F", (8, 8), 0.5),
+    ],
+)
+def test_images_in_any_mode_become_rgb(make):
+    image = to_rgb(make())
+    assert image.mode == "RGB" and image.size == (8, 8)
+
+
+def test_transparent_pixels_become_white_and_16_bit_keeps_its_range():
+    rgb = to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
+    assert rgb.getpixel((0, 0)) == (255, 255, 255)
+    white16 = to_rgb(Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)))
+    assert white16.getpixel((0, 0)) == (255, 255, 255)
+    mid16 = to_rgb(Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)))
+    assert abs(mid16.getpixel((0, 0))[0] - 128) <= 1
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (20, 10), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    folder = tmp_path / "exif"
+    folder.mkdir()
+    image.save(folder / "a.jpg", exif=exif)
+    images, _ = load_concept_images(folder)
+    assert images[0].size == (10, 20)
