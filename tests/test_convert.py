@@ -62,3 +62,13 @@ def test_force_overwrites(tmp_path):
     (tmp_path / "exists.pt").write_bytes(b"old")
     assert main(["convert", str(folder), str(tmp_path / "exists.pt"), "--to", "a1111", "--force"]) == 0
     assert torch.equal(read_embedding(tmp_path / "exists.pt").vectors[0], _vec())
+
+
+def test_trainer_metadata_fills_a1111_step_and_checkpoint_name(tmp_path):
+    folder = tmp_path / "run"
+    meta = {"textinv.step": "750", "textinv.base_model": "/models/sd-v1-5", "textinv.token": "<t>"}
+    save_diffusers_embedding(folder / "learned_embeds.safetensors", "<t>", _vec(), metadata=meta)
+    assert main(["convert", str(folder), str(tmp_path / "t.pt"), "--to", "a1111"]) == 0
+    data = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert (data["step"], data["sd_checkpoint_name"]) == (750, "sd-v1-5")
+    assert read_embedding(tmp_path / "t.pt").metadata["textinv.base_model"] == "/models/sd-v1-5"

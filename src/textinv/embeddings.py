@@ -452,15 +452,18 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
     if to == "diffusers":
         metadata = emb.metadata if suffix == SAFETENSORS_SUFFIX else None
         return save_diffusers_embedding(path, emb.token, vectors, metadata=metadata or None)
-    step = emb.metadata.get("step")
+    meta = emb.metadata
+    # textinv's trainer records `textinv.step` / `textinv.base_model`; A1111 shows `step` / `sd_checkpoint_name`.
+    step = meta.get("step") or meta.get("textinv.step")
+    base_model = meta.get("textinv.base_model")
     return save_a1111_embedding(
         path,
         emb.token,
         vectors,
         step=int(step) if step is not None and step.isdigit() else None,
-        sd_checkpoint=emb.metadata.get("sd_checkpoint"),
-        sd_checkpoint_name=emb.metadata.get("sd_checkpoint_name"),
-        metadata=emb.metadata,
+        sd_checkpoint=meta.get("sd_checkpoint"),
+        sd_checkpoint_name=meta.get("sd_checkpoint_name") or (Path(base_model).name if base_model else None),
+        metadata=meta,
     )
 
 

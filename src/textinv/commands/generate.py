@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from pathlib import Path
@@ -81,8 +82,18 @@ def run(args: argparse.Namespace) -> int:
     model_name = "textinv-toy" if source.kind == "toy" else Path(source.path_or_id).name
 
     out_dir = Path(args.out or Path("outputs") / time.strftime("%Y%m%d-%H%M%S"))
+    describe = functools.partial(
+        infotext,
+        steps=steps,
+        guidance_scale=guidance,
+        width=width,
+        height=height,
+        sampler=sampler,
+        negative_prompt=args.negative,
+        model=model_name,
+        concepts=tokens,
+    )
     all_images = []
-    k = 0
     for prompt in args.prompt:
         images = generate_images(
             pipe,
@@ -99,33 +110,9 @@ def run(args: argparse.Namespace) -> int:
         )
         for i, image in enumerate(images):
             seed = args.seed + i
-            text = infotext(
-                prompt,
-                seed=seed,
-                steps=steps,
-                guidance_scale=guidance,
-                width=width,
-                height=height,
-                sampler=sampler,
-                negative_prompt=args.negative,
-                model=model_name,
-                concepts=tokens,
-            )
-            save_png(out_dir / f"{k:04d}-seed{seed}.png", image, text)
-            k += 1
-        all_images.extend(images)
-    grid_text = infotext(
-        " | ".join(args.prompt),
-        seed=args.seed,
-        steps=steps,
-        guidance_scale=guidance,
-        width=width,
-        height=height,
-        sampler=sampler,
-        negative_prompt=args.negative,
-        model=model_name,
-        concepts=tokens,
-    )
+            save_png(out_dir / f"{len(all_images):04d}-seed{seed}.png", image, describe(prompt, seed=seed))
+            all_images.append(image)
+    grid_text = describe(" | ".join(args.prompt), seed=args.seed)
     save_png(out_dir / "grid.png", make_grid(all_images, cols=args.num_images), grid_text)
     print(f"wrote {len(all_images)} images and grid.png to {out_dir}/")
     return 0
