@@ -409,3 +409,13 @@ def test_embedding_in_image_pixels_is_read(tmp_path, suffix):
 def test_plain_image_is_refused(tmp_path, capsys):
     Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "photo.png")
     assert "no embedding in image" in _one_line_exit_2(capsys, ["inspect", str(tmp_path / "photo.png")])
+
+
+def test_old_a1111_files_with_parameter_dict_are_read(tmp_path):
+    """A1111 embeddings saved with torch 1.11/1.12 wrap the vectors in an nn.ParameterDict."""
+    vec = _vectors(2)
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vec.clone())})
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": params, "name": "old", "step": 9}, tmp_path / "o.pt")
+    emb = read_embedding(tmp_path / "o.pt")
+    assert (emb.token, emb.metadata["step"]) == ("old", "9") and torch.equal(emb.vectors[0], vec)
+    assert not emb.vectors[0].requires_grad

@@ -195,8 +195,10 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def load_weights_only(path: Path) -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only, never arbitrary code."""
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it
-            warnings.simplefilter("ignore")
+        # ParameterDict: A1111 files saved by torch 1.11/1.12 wrap string_to_param in one (A1111's own
+        # allowlist has it too); rebuilding it only sets attributes, it runs nothing from the file.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([torch.nn.ParameterDict]):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing; the error says it
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickling_detail(exc)
@@ -233,7 +235,8 @@ def _from_pickled(path: Path, data: Any) -> Embedding:
 
 def _from_a1111_dict(path: Path, data: Mapping[str, Any], fmt: str = "a1111") -> Embedding:
     params = data["string_to_param"]
-    params = getattr(params, "_parameters", params)  # files from torch 1.11 hold a ParameterDict
+    if isinstance(params, torch.nn.ParameterDict):
+        params = dict(params.items())
     if not isinstance(params, Mapping) or len(params) != 1:
         count = len(params) if isinstance(params, Mapping) else 0
         raise TextinvError(f"{path.name}: string_to_param holds {count} entries, an embedding holds exactly one")
