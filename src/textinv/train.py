@@ -320,12 +320,25 @@ def _make_accelerator(cfg: TrainConfig, output_dir: Path):
         AcceleratorState._reset_state(reset_partial_state=True)
     project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / cfg.logging_dir))
     try:
-        return Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project)
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project, cpu=_launched_on_cpu()
+        )
     except (ValueError, RuntimeError) as exc:
         hint = (
             "use --mixed_precision bf16 or no on CPU" if cfg.mixed_precision == "fp16" else "check the flags"
         )
         raise TextinvError(f"cannot set up --mixed_precision {cfg.mixed_precision}: {exc}; {hint}") from exc
+
+
+def _launched_on_cpu() -> bool:
+    """True when the run must use the CPU: asked for, or several processes launched with no GPU.
+
+    Accelerate only picks its gloo CPU backend when told `cpu=True`; without this, processes started by
+    `torchrun` or `accelerate launch --multi_gpu` on a CPU-only machine would each train alone.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoder) -> None:
