@@ -75,10 +75,12 @@ def test_same_seed_same_image_and_seed_i_reproduces_image_i(sd1_model, tmp_path)
     assert seen == [2, 4]  # 2 images x 2 steps, reported as they happen
 
 
-def test_generate_takes_defaults_from_the_models_textinv_json(sd1_model, tmp_path):
-    model = tmp_path / "model"
-    shutil.copytree(sd1_model, model)
-    (model / "textinv.json").write_text(
+def test_generate_defaults_to_the_toy_model_and_its_textinv_json(sd1_model, tmp_path, monkeypatch):
+    import textinv.models
+
+    toy = tmp_path / "toy-model"
+    shutil.copytree(sd1_model, toy)
+    (toy / "textinv.json").write_text(
         json.dumps(
             {
                 "generate": {
@@ -91,12 +93,17 @@ def test_generate_takes_defaults_from_the_models_textinv_json(sd1_model, tmp_pat
             }
         )  # fmt: skip
     )
+    monkeypatch.setattr(textinv.models, "TOY_MODEL_DIR", toy)
     out = tmp_path / "out"
-    assert main(["generate", "a cube", "--model", str(model), "-n", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["generate", "a cube", "-n", "1", "--out", str(out), "--quiet"]) == 0
     image = Image.open(out / "0000-seed0.png")
     _, _, fields = parse_a1111_infotext(image.text["parameters"])
     assert (fields["Steps"], fields["CFG scale"], fields["Sampler"], fields["Size"]) == ("3", "2.5", "DDIM", "48x40")
-    assert image.size == (48, 40)
+    assert fields["Model"] == "textinv-toy" and image.size == (48, 40)
+    # flags the user gives win over the model's recommendations
+    assert main(["generate", "a cube", "-n", "1", "--steps", "1", "--out", str(out), "--quiet"]) == 0
+    _, _, fields = parse_a1111_infotext(Image.open(out / "0000-seed0.png").text["parameters"])
+    assert fields["Steps"] == "1"
 
 
 @pytest.mark.parametrize(
