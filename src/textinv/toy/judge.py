@@ -1,0 +1,236 @@
+"""The judge: a small CNN that names the shape, colour and background of a shapes-world image.
+
+Why: "did textual inversion learn the concept?" must be a number, not a glance; the judge turns a
+folder of generated images into match rates (`textinv toy score`). It is trained on the world
+itself, with blur, noise and colour-shift augmentation so that it also reads slightly blurry
+diffusion samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from textinv.errors import TextinvError
+from textinv.toy import world
+
+JUDGE_FILE = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+ATTRIBUTES = ("shape", "colour", "background")
+
+
+class Judge(nn.Module):
+    """Conv net with one head per attribute; input (N, 3, 32, 32) in [-1, 1]."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+        w = width
+        self.features = nn.Sequential(
+            block(3, w, 1), block(w, w, 2), block(w, 2 * w, 1), block(2 * w, 2 * w, 2),
+            block(2 * w, 4 * w, 2),
+        )  # fmt: skip
+        self.heads = nn.ModuleDict(
+            {
+                "shape": nn.Linear(4 * w, len(world.SHAPES)),
+                "colour": nn.Linear(4 * w, len(world.COLOURS)),
+                "background": nn.Linear(4 * w, len(world.BACKGROUNDS)),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.features(x).mean(dim=(2, 3))
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+def _labels() -> dict[str, tuple[str, ...]]:
+    return {"shape": world.SHAPES, "colour": tuple(world.COLOURS), "background": tuple(world.BACKGROUNDS)}
+
+
+def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images of any size -> (N, 3, 32, 32) in [-1, 1] (larger images are box-downsampled)."""
+    size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    arr = np.stack(
+        [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BOX)) for im in images]
+    )
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Blur, noise and a colour shift, each of random strength: what diffusion samples look like."""
+    n = x.shape[0]
+    sigma = torch.rand(n, generator=g) * 1.2
+    k = torch.arange(-2, 3, dtype=torch.float32)
+    kernel = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, 5)
+    x = x.reshape(1, n * 3, *x.shape[2:])
+    kh = kernel.repeat_interleave(3, 0)[:, None, None, :]
+    kv = kernel.repeat_interleave(3, 0)[:, None, :, None]
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), kh, groups=n * 3)
+    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), kv, groups=n * 3)
+    x = x.reshape(n, 3, *x.shape[2:])
+    x = x * (1 + 0.1 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5))
+    x = x + 0.12 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
+    x = x + torch.randn(x.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.08
+    return x.clamp(-1, 1)
+
+
+def _dataset(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    scenes = list(world.scenes(n, seed))
+    x = to_tensor([world.render(s) for s in scenes])
+    names = _labels()
+    y = {a: torch.tensor([names[a].index(getattr(s, a)) for s in scenes]) for a in ATTRIBUTES}
+    return x, y
+
+
+@torch.no_grad()
+def evaluate(judge: Judge, n: int = 2000, seed: int = 12345, augment: bool = False) -> dict[str, float]:
+    """Accuracy per attribute and for all three at once, on `n` fresh images."""
+    judge.eval()
+    x, y = _dataset(n, seed)
+    if augment:
+        x = _augment(x, torch.Generator().manual_seed(seed))
+    correct = {a: torch.zeros(n, dtype=torch.bool) for a in ATTRIBUTES}
+    for i in range(0, n, 500):
+        out = judge(x[i : i + 500])
+        for a in ATTRIBUTES:
+            correct[a][i : i + 500] = out[a].argmax(1) == y[a][i : i + 500]
+    acc = {a: correct[a].float().mean().item() for a in ATTRIBUTES}
+    acc["all"] = (correct["shape"] & correct["colour"] & correct["background"]).float().mean().item()
+    return acc
+
+
+def train_judge(
+    n_images: int = 10000,
+    epochs: int = 5,
+    seed: int = 0,
+    report: Callable[[str], None] = lambda _msg: None,
+) -> Judge:
+    """Train a judge from scratch on `n_images` rendered images (deterministic from `seed`)."""
+    torch.manual_seed(seed)
+    judge = Judge()
+    x, y = _dataset(n_images, seed + 1000)
+    g = torch.Generator().manual_seed(seed)
+    batch = 128
+    steps = epochs * math.ceil(n_images / batch)
+    opt = torch.optim.AdamW(judge.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    step = 0
+    for epoch in range(epochs):
+        judge.train()
+        perm = torch.randperm(n_images, generator=g)
+        for i in range(0, n_images, batch):
+            idx = perm[i : i + batch]
+            out = judge(_augment(x[idx], g))
+            loss = sum(F.cross_entropy(out[a], y[a][idx]) for a in ATTRIBUTES)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+        report(f"judge epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
+    return judge.eval()
+
+
+def save_judge(judge: Judge, path: Path = JUDGE_FILE, accuracy: dict[str, float] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in judge.state_dict().items()
+               if v.is_floating_point()}
+    meta = {"labels": json.dumps(_labels()), "accuracy": json.dumps(accuracy or {})}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_judge(path: str | Path = JUDGE_FILE) -> Judge:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TextinvError(f"judge weights {path} are missing; rebuild them with `textinv toy build --judge-only`")
+    with safe_open(str(path), framework="pt") as f:
+        labels = json.loads(f.metadata()["labels"])
+    if labels != {k: list(v) for k, v in _labels().items()}:
+        raise TextinvError(f"judge {path} was trained on a different shapes world; rebuild it")
+    judge = Judge()
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    judge.load_state_dict(state, strict=False)  # integer BatchNorm counters are not stored
+    return judge.eval()
+
+
+@torch.no_grad()
+def classify(images: Sequence[Image.Image], judge: Judge | None = None) -> list[dict[str, str]]:
+    """The judge's reading of each image: {"shape": ..., "colour": ..., "background": ...}."""
+    judge = judge or load_judge()
+    if not images:
+        return []
+    out = judge(to_tensor(images))
+    names = _labels()
+    picks = {a: out[a].argmax(1).tolist() for a in ATTRIBUTES}
+    return [{a: names[a][picks[a][i]] for a in ATTRIBUTES} for i in range(len(images))]
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TextinvError(f"{folder} is not a folder; pass a folder of generated images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TextinvError(f"no images (.png/.jpg/.webp) in {folder}; generate some first")
+    return files
+
+
+def score(
+    images: Sequence[Image.Image],
+    expect: str,
+    background: str | None = None,
+    judge: Judge | None = None,
+) -> dict[str, float | int]:
+    """Fractions of images showing the expected shape, colour (if named), background (if given), and both.
+
+    "match" is shape and colour together (shape alone when `expect` names no colour).
+    """
+    colour, shape = world.parse_concept(expect)
+    world.check_background(background)
+    readings = classify(images, judge)
+    n = len(readings)
+    if n == 0:
+        raise TextinvError("no images to score")
+    shape_ok = [r["shape"] == shape for r in readings]
+    colour_ok = [colour is None or r["colour"] == colour for r in readings]
+    result: dict[str, float | int] = {
+        "match": sum(s and c for s, c in zip(shape_ok, colour_ok, strict=True)) / n,
+        "shape": sum(shape_ok) / n,
+    }
+    if colour is not None:
+        result["colour"] = sum(colour_ok) / n
+    if background is not None:
+        result["background"] = sum(r["background"] == background for r in readings) / n
+    result["n"] = n
+    return result
+
+
+def score_folder(folder: str | Path, expect: str, background: str | None = None) -> dict[str, float | int]:
+    """`score` over every image file in `folder`."""
+    images = []
+    for path in image_files(folder):
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    return score(images, expect, background)
+
+
+def sample_accuracy_report(acc: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2%}" for k, v in acc.items())
