@@ -7,6 +7,7 @@ a concepts-library folder, or a hub repo id already in the local Hugging Face ca
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,7 @@ from textinv.errors import TextinvError
 def resolve_concept(source: str | os.PathLike, token: str | None = None) -> Embedding:
     """Read a concept from a file, a folder or a cached hub repo id; `token` renames it."""
     emb = read_embedding(_local_concept_path(str(source)))
-    if token:
-        emb = Embedding(token, emb.vectors, emb.format, emb.metadata, emb.source)
-    return emb
+    return replace(emb, token=token) if token else emb
 
 
 def _local_concept_path(source: str) -> Path:
@@ -77,7 +76,7 @@ def load_concept(pipe: Any, source: str | os.PathLike | Embedding, token: str | 
     """
     emb = source if isinstance(source, Embedding) else resolve_concept(source, token)
     if token and emb.token != token:
-        emb = Embedding(token, emb.vectors, emb.format, emb.metadata, emb.source)
+        emb = replace(emb, token=token)
     pairs = text_encoders(pipe)
     check_concept_fits(emb, pipeline_dims(pipe))
     for vec in emb.vectors:
