@@ -34,6 +34,7 @@ from textinv.errors import TextinvError, TrainingDiverged
 from textinv.hub import push_output_dir, write_model_card
 from textinv.models import family_of_text_dim, load_pipeline, model_defaults, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
+from textinv.speed import apply_speedups
 from textinv.tokens import (
     add_placeholder_tokens,
     bake_placeholder_rows,
@@ -84,6 +85,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         module.requires_grad_(False)
         module.eval()
     _configure_attention_and_memory(cfg, unet, text_encoder)
+    apply_speedups(unet, text_encoder, accelerator.device)
 
     # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
     placeholder = add_placeholder_tokens(tokenizer, cfg.placeholder_token, cfg.num_vectors)
@@ -98,7 +100,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     text_encoder.to(device)
     vae.to(device)
     posteriors = cache_latent_posteriors(vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype)
-    if device.type == "cuda":
+    if not (cfg.validation_prompt or cfg.save_as_full_pipeline):
+        pipe.vae = vae = None  # nothing needs the VAE past this point: give its memory back
+    elif device.type == "cuda":
         vae.to("cpu")  # only validation needs it again
     template_ids = tokenize_templates(
         tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string
