@@ -45,7 +45,13 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's, else 30)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's, else 7.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
-    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's own")
+    p.add_argument(
+        "--scheduler",
+        type=lambda name: name.lower().replace("_", "-"),  # euler_a and euler-a both work
+        choices=sorted(SCHEDULERS),
+        default=None,
+        help="default: the model's own",
+    )
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--height", type=int, default=None, help="default: the model's native size")
     p.add_argument("--width", type=int, default=None, help="default: the model's native size")
