@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             all_images.append(image)
     grid_text = describe(" | ".join(args.prompt), seed=args.seed)
     save_png(out_dir / "grid.png", make_grid(all_images, cols=args.num_images), grid_text)
-    print(f"wrote {len(all_images)} images and grid.png to {out_dir}/")
+    n = len(all_images)
+    print(f"wrote {n} image{'' if n == 1 else 's'} and grid.png to {out_dir}/")
     return 0
 
 
