@@ -39,7 +39,7 @@ def run_cli(args: list[str]) -> int:
 
 
 def run_subprocess(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**kwargs.pop("env", os.environ), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "textinv", *map(str, args)],
         capture_output=True,

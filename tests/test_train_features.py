@@ -177,3 +177,30 @@ def test_exif_rotation_is_applied(tmp_path):
     image.save(folder / "a.jpg", exif=exif)
     images, _ = load_concept_images(folder)
     assert images[0].size == (10, 20)
+
+
+def test_readme_documents_every_flag():
+    from helpers import REPO
+
+    from textinv.config import config_fields
+
+    readme = (REPO / "README.md").read_text()
+    for field in config_fields():
+        assert f"`--{field.name}`" in readme, field.name
+
+
+def test_a_hub_id_in_the_local_cache_trains_offline(sd1_model, concept_dir, tmp_path):
+    import os
+    import shutil
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--someone--tiny-sd"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(sd1_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    args = train_args("someone/tiny-sd", concept_dir, tmp_path / "out", steps=1)
+    proc = run_subprocess(args, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert learned(tmp_path / "out")["<cat-toy>"].shape == (1, 32)
