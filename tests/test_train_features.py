@@ -204,3 +204,16 @@ def test_a_hub_id_in_the_local_cache_trains_offline(sd1_model, concept_dir, tmp_
     proc = run_subprocess(args, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert learned(tmp_path / "out")["<cat-toy>"].shape == (1, 32)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    from textinv.atomic import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o644

@@ -434,9 +434,12 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
     """
     import numpy as np
 
-    from textinv.sample import generate_images, save_png
+    from textinv.sample import generate_images, infotext, save_png, set_scheduler
 
     settings = model_defaults(source, "generate")
+    steps = int(settings.get("num_inference_steps", 25))
+    guidance = float(settings.get("guidance_scale", 7.5))
+    sampler = set_scheduler(pipe, settings.get("scheduler", "dpm"))
     vae_device = pipe.vae.device
     pipe.vae.to(accelerator.device)
     images = generate_images(
@@ -444,9 +447,8 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
         cfg.validation_prompt,
         num_images=cfg.num_validation_images,
         seed=seed,
-        num_inference_steps=int(settings.get("num_inference_steps", 25)),
-        guidance_scale=float(settings.get("guidance_scale", 7.5)),
-        scheduler=settings.get("scheduler", "dpm"),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
         height=cfg.resolution,
         width=cfg.resolution,
         progress=False,
@@ -456,7 +458,18 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
     paths = []
     for i, image in enumerate(images):
         path = folder / f"{i:02d}.png"
-        save_png(path, image, f"{cfg.validation_prompt}\nSteps: {step}, Seed: {seed}")
+        text = infotext(
+            cfg.validation_prompt,
+            seed=seed + i,
+            steps=steps,
+            guidance_scale=guidance,
+            width=image.width,
+            height=image.height,
+            sampler=sampler,
+            model=source.path_or_id,
+            concepts=[cfg.placeholder_token],
+        )
+        save_png(path, image, text)
         paths.append(path)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
