@@ -223,9 +223,7 @@ def test_variant_and_tokenizer_name_are_honoured(sd1_model, concept_dir, tmp_pat
     from diffusers import StableDiffusionPipeline
 
     variant_dir = tmp_path / "variant-model"
-    StableDiffusionPipeline.from_pretrained(sd1_model, safety_checker=None).save_pretrained(
-        variant_dir, variant="fp16"
-    )
+    StableDiffusionPipeline.from_pretrained(sd1_model, safety_checker=None).save_pretrained(variant_dir, variant="fp16")
     assert list((variant_dir / "unet").glob("*.fp16.safetensors"))
     extra = ["--variant", "fp16", "--tokenizer_name", str(sd1_model / "tokenizer")]
     assert run_cli(train_args(variant_dir, concept_dir, tmp_path / "o", *extra, steps=1)) == 0

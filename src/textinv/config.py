@@ -63,9 +63,7 @@ class TrainConfig:
     repeats: int = _flag(100, "How many times each image appears per epoch.")
     num_vectors: int = _flag(1, "Embedding vectors for the concept (<tok>, <tok>_1, ...).")
     # Output
-    output_dir: str = _flag(
-        "text-inversion-model", "Where embeddings, checkpoints and logs go.", aliases=("--out",)
-    )
+    output_dir: str = _flag("text-inversion-model", "Where embeddings, checkpoints and logs go.", aliases=("--out",))
     overwrite_output_dir: bool = _flag(
         False, "Allow starting a new run in an output_dir that holds a finished or interrupted run."
     )
@@ -78,15 +76,11 @@ class TrainConfig:
     num_train_epochs: int = _flag(
         100, "Epochs; only used when --max_train_steps is 0 (diffusers: max_train_steps wins)."
     )
-    max_train_steps: int = _flag(
-        5000, "Total optimisation steps; overrides --num_train_epochs.", aliases=("--steps",)
-    )
+    max_train_steps: int = _flag(5000, "Total optimisation steps; overrides --num_train_epochs.", aliases=("--steps",))
     gradient_accumulation_steps: int = _flag(1, "Micro-batches accumulated per optimisation step.")
     gradient_checkpointing: bool = _flag(False, "Trade compute for memory (recompute activations).")
     learning_rate: float = _flag(1e-4, "Learning rate after warm-up.", aliases=("--lr",))
-    scale_lr: bool = _flag(
-        False, "Multiply the LR by gradient_accumulation_steps * train_batch_size * num_processes."
-    )
+    scale_lr: bool = _flag(False, "Multiply the LR by gradient_accumulation_steps * train_batch_size * num_processes.")
     lr_scheduler: str = _flag("constant", "LR schedule.", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _flag(500, "Warm-up steps of the LR schedule.")
     lr_num_cycles: int = _flag(1, "Hard restarts for cosine_with_restarts.")
@@ -109,9 +103,7 @@ class TrainConfig:
     allow_tf32: bool = _flag(False, "Allow TF32 matmuls on Ampere+ GPUs.")
     report_to: str = _flag("tensorboard", "Tracker: tensorboard, wandb, comet_ml, all or none.")
     # Validation
-    validation_prompt: str | None = _flag(
-        None, "Prompt to sample during training, e.g. 'a <cat-toy> backpack'."
-    )
+    validation_prompt: str | None = _flag(None, "Prompt to sample during training, e.g. 'a <cat-toy> backpack'.")
     num_validation_images: int = _flag(4, "Images per validation.")
     validation_steps: int = _flag(100, "Validate every N steps.")
     validation_epochs: int | None = _flag(None, "Deprecated in diffusers; converted to steps.")

@@ -96,9 +96,7 @@ def load_concept_images(folder: str | Path) -> tuple[list[Image.Image], list[Pat
         raise TextinvError(f"--train_data_dir {folder} is a file, not a folder; put the images in a folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise TextinvError(
-            f"--train_data_dir {folder} is empty; put 3-5 .png/.jpg images of the concept there"
-        )
+        raise TextinvError(f"--train_data_dir {folder} is empty; put 3-5 .png/.jpg images of the concept there")
     images, used, skipped = [], [], []
     for path in files:
         try:

@@ -34,12 +34,8 @@ def write_model_card(
     )
     images = ""
     if validation_images:
-        rel = [
-            p.relative_to(output_dir).as_posix() for p in validation_images if p.is_relative_to(output_dir)
-        ]
-        images = (
-            "\n## Validation images\n\n" + f"Prompt: `{example}`\n\n" + "\n".join(f"![]({r})" for r in rel)
-        )
+        rel = [p.relative_to(output_dir).as_posix() for p in validation_images if p.is_relative_to(output_dir)]
+        images = "\n## Validation images\n\n" + f"Prompt: `{example}`\n\n" + "\n".join(f"![]({r})" for r in rel)
         images += "\n"
     text = f"""---
 license: creativeml-openrail-m

@@ -78,9 +78,7 @@ def snapshot_dir(source: ModelSource, revision: str | None = None) -> Path | Non
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(
-                snapshot_download(source.path_or_id, revision=revision, local_files_only=True)
-            )
+            return Path(snapshot_download(source.path_or_id, revision=revision, local_files_only=True))
         except Exception:
             # Not cached: let diffusers try (it downloads when online, or explains).
             return None
@@ -136,8 +134,7 @@ def load_pipeline(
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if getattr(pipe, part, None) is None:
             raise TextinvError(
-                f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); "
-                "use an SD 1.x/2.x/XL model"
+                f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); use an SD 1.x/2.x/XL model"
             )
     return pipe
 

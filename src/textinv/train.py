@@ -104,9 +104,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         pipe.vae = vae = None  # nothing needs the VAE past this point: give its memory back
     elif device.type == "cuda":
         vae.to("cpu")  # only validation needs it again
-    template_ids = tokenize_templates(
-        tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string
-    )
+    template_ids = tokenize_templates(tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string)
     template_ids = template_ids.to(device)
 
     # 4. Optimiser and LR schedule over the new rows only.
@@ -257,9 +255,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "textinv.family": family_of_text_dim(dim),
             "textinv.learnable_property": cfg.learnable_property,
         }
-        result_path = save_concept(
-            output_dir, cfg.placeholder_token, new_rows.rows, cfg.learnable_property, metadata
-        )
+        result_path = save_concept(output_dir, cfg.placeholder_token, new_rows.rows, cfg.learnable_property, metadata)
         if cfg.save_as_full_pipeline:
             bake_placeholder_rows(text_encoder)
             pipe.save_pretrained(output_dir)
@@ -282,13 +278,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(output_dir, global_step, loss_value, result_path, losses)
 
 
-def _diffusion_loss(
-    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
-):
+def _diffusion_loss(draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype):
     """MSE between the UNet's prediction and its target (ε, or v for v-prediction models)."""
-    latents = posteriors.sample(
-        draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device)
-    )
+    latents = posteriors.sample(draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device))
     noise = draws.noise.to(device)
     timesteps = draws.timesteps.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -313,9 +305,7 @@ def _make_accelerator(cfg: TrainConfig, output_dir: Path):
         import importlib.util
 
         if importlib.util.find_spec(report_to) is None:
-            raise TextinvError(
-                f"--report_to {report_to} needs the {report_to} package; pip install {report_to}"
-            )
+            raise TextinvError(f"--report_to {report_to} needs the {report_to} package; pip install {report_to}")
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps one global state per process; a second train() call in the same process
         # (a notebook, the tests) may ask for another precision, so start from a clean state.
@@ -328,9 +318,7 @@ def _make_accelerator(cfg: TrainConfig, output_dir: Path):
             mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project, cpu=_launched_on_cpu()
         )
     except (ValueError, RuntimeError) as exc:
-        hint = (
-            "use --mixed_precision bf16 or no on CPU" if cfg.mixed_precision == "fp16" else "check the flags"
-        )
+        hint = "use --mixed_precision bf16 or no on CPU" if cfg.mixed_precision == "fp16" else "check the flags"
         raise TextinvError(f"cannot set up --mixed_precision {cfg.mixed_precision}: {exc}; {hint}") from exc
 
 
@@ -369,9 +357,7 @@ def _load_tokenizer(name: str):
     try:
         return CLIPTokenizer.from_pretrained(name)
     except Exception as exc:
-        raise TextinvError(
-            f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path"
-        ) from exc
+        raise TextinvError(f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path") from exc
 
 
 def _find_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
@@ -406,9 +392,7 @@ def _check_resume_compatible(state: ckpt.TrainingState, cfg: TrainConfig, dim: i
         )
 
 
-def _stop_on_divergence(
-    output_dir: Path, cfg: TrainConfig, last_good: torch.Tensor, step: int, is_main: bool
-):
+def _stop_on_divergence(output_dir: Path, cfg: TrainConfig, last_good: torch.Tensor, step: int, is_main: bool):
     """Keep the last good embedding beside the checkpoints, then stop with a clear message."""
     kept = step_embedding_path(output_dir, step, safe=True)
     if is_main:
@@ -478,7 +462,5 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log(
-                {"validation": [wandb.Image(im, caption=cfg.validation_prompt) for im in images]}, step=step
-            )
+            tracker.log({"validation": [wandb.Image(im, caption=cfg.validation_prompt) for im in images]}, step=step)
     return paths

@@ -59,7 +59,5 @@ def run(args: argparse.Namespace) -> int:
     recommended = model_defaults(source, "train")
     cfg = build_config(given, recommended)
     result = train(cfg)
-    log.info(
-        "textinv: saved %s (step %d, loss %.4f)", result.embedding_path, result.global_step, result.final_loss
-    )
+    log.info("textinv: saved %s (step %d, loss %.4f)", result.embedding_path, result.global_step, result.final_loss)
     return 0
