@@ -228,3 +228,13 @@ def test_variant_and_tokenizer_name_are_honoured(sd1_model, concept_dir, tmp_pat
     extra = ["--variant", "fp16", "--tokenizer_name", str(sd1_model / "tokenizer")]
     assert run_cli(train_args(variant_dir, concept_dir, tmp_path / "o", *extra, steps=1)) == 0
     assert learned(tmp_path / "o")["<cat-toy>"].shape == (1, 32)
+
+
+def test_diffusers_resume_at_max_steps_quirk_is_matched(sd1_model, concept_dir, tmp_path):
+    """diffusers' test_textual_inversion_checkpointing_checkpoints_total_limit_removes_multiple_checkpoints."""
+    out = tmp_path / "quirk"
+    base = train_args(sd1_model, concept_dir, out, "--checkpointing_steps=1", steps=2)
+    assert run_cli(base) == 0
+    assert {x for x in (p.name for p in out.iterdir()) if "checkpoint" in x} == {"checkpoint-1", "checkpoint-2"}
+    assert run_cli(base + ["--resume_from_checkpoint=checkpoint-2", "--checkpoints_total_limit=2"]) == 0
+    assert {x for x in (p.name for p in out.iterdir()) if "checkpoint" in x} == {"checkpoint-2", "checkpoint-3"}

@@ -149,6 +149,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         lr_scheduler.load_state_dict(state.scheduler_state)
         seed, global_step, samples_seen = state.state.seed, state.state.global_step, state.state.samples_seen
         log.info("resumed from %s at step %d", resume_from, global_step)
+        if global_step >= total_steps:
+            # diffusers' script checks for the end only after a step, so resuming a checkpoint that already
+            # reached --max_train_steps trains one more step; its own tests rely on it, so we match it.
+            total_steps = global_step + 1
+            log.info("checkpoint is at --max_train_steps already; taking one more step, as diffusers does")
     stream = SampleStream(
         seed=seed,
         num_images=len(images),
