@@ -1,0 +1,95 @@
+"""Run a trainer (a script path or `-m module`) and log a time stamp after every optimizer step.
+
+Bench-only. Both trainers are timed the same way without touching their code: PyTorch's global
+optimizer-step post hook fires after every `Optimizer.step()` (Accelerate's wrapped optimizer
+included), and appends one line per step to the file named by `$TEXTINV_BENCH_STEP_LOG`:
+
+    <perf_counter seconds> <current RSS bytes> <peak CUDA bytes allocated, 0 without CUDA>
+
+Usage: python steptimer.py [--torchvision-shim DIR] SCRIPT.py ARGS...   or   python steptimer.py -m MODULE ARGS...
+
+`--torchvision-shim DIR` serves the `torchvision` package in DIR to imports made by SCRIPT's own code
+only. Putting DIR on PYTHONPATH instead would make transformers believe torchvision is installed and
+import parts of it the shim does not have.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import resource
+import runpy
+import sys
+import time
+
+
+def _current_rss_bytes() -> int:
+    # /proc is cheap to read once per multi-second step and needs no third-party package.
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def install_step_hook(log_path: str) -> None:
+    """Append `time rss cuda_peak` to `log_path` after every optimizer step of this process."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    log = open(log_path, "a", buffering=1, encoding="ascii")  # noqa: SIM115 - lives as long as the process
+
+    def after_step(optimizer, args, kwargs) -> None:
+        cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        log.write(f"{time.perf_counter():.6f} {_current_rss_bytes()} {cuda_peak}\n")
+
+    register_optimizer_step_post_hook(after_step)
+
+
+class ScriptOnlyFinder(importlib.abc.MetaPathFinder):
+    """Finds `torchvision` (from the shim folder) only when the importing code is `script` itself."""
+
+    def __init__(self, shim_dir: str, script: str):
+        self.shim_dir = shim_dir
+        self.script = os.path.abspath(script)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] != "torchvision" or not self._imported_by_script():
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.shim_dir] if path is None else path)
+
+    def _imported_by_script(self) -> bool:
+        frame = sys._getframe(1)
+        while frame is not None and (
+            frame.f_code.co_filename == __file__ or frame.f_code.co_filename.startswith("<frozen importlib")
+        ):
+            frame = frame.f_back
+        if frame is None:
+            return False
+        filename = os.path.abspath(frame.f_code.co_filename)
+        return filename == self.script or filename.startswith(self.shim_dir)
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    if argv[0] == "--torchvision-shim":
+        sys.meta_path.insert(0, ScriptOnlyFinder(os.path.abspath(argv[1]), argv[2]))
+        argv = argv[2:]
+    log_path = os.environ.get("TEXTINV_BENCH_STEP_LOG")
+    if not log_path:
+        raise SystemExit("steptimer: set TEXTINV_BENCH_STEP_LOG to the step-log file")
+    install_step_hook(log_path)
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    finally:
+        # ru_maxrss (KiB on Linux) of this process: the parent also reads it via wait4.
+        sys.stderr.write(f"steptimer: ru_maxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\n")

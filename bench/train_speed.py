@@ -1,0 +1,502 @@
+"""Steps/s and peak memory of `textinv train` against diffusers' reference textual_inversion.py.
+
+Both trainers run in their own subprocess with identical flags on the same SD-1.5-sized pipeline
+(random weights, real SD-1.5 configs, built in code and cached), one after the other, and are timed
+the same way: `steptimer.py` logs a time stamp after every optimizer step, and the rate is taken over
+the `--steps` steps that follow `--warmup` warm-up steps (so model loading, the posterior cache and
+first-call allocations are excluded for both). Peak resident memory is the child's `ru_maxrss` from
+`wait4` (the whole run, loading included); on CUDA the peak `torch.cuda.max_memory_allocated`.
+
+The reference script is a file of diffusers' public repository, kept outside this repo: its path comes
+from `--reference` or `$TEXTINV_REFERENCE_SCRIPT`; without it the reference column is skipped, with a
+message. Its `from torchvision import transforms` is served by `bench/shims/torchvision` (PIL only).
+
+    python bench/train_speed.py                          # CPU, SD-1.5-sized, 256 px, fp32
+    python bench/train_speed.py --size tiny --steps 5    # seconds, for developing the bench
+    python bench/train_speed.py --device cuda --precision fp16 bf16   # GPU: 512 px by default
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+TOKENIZER_DIR = REPO / "src" / "textinv" / "toy" / "model" / "tokenizer"
+SHIMS = BENCH_DIR / "shims"
+STEPTIMER = BENCH_DIR / "steptimer.py"
+GIB = 1024**3
+
+
+# --------------------------------------------------------------------------------------------------
+# The model: SD-1.5's configs, random weights.
+
+
+def sd15_configs(size: str) -> dict:
+    """UNet / VAE / text-encoder / scheduler configs: SD-1.5's own ("sd15"), or a tiny look-alike ("tiny")."""
+    if size == "sd15":
+        unet = dict(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            sample_size=64,
+        )
+        vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
+        text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+    elif size == "tiny":
+        unet = dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            sample_size=16,
+        )
+        vae = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32)
+        text = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
+    else:
+        raise ValueError(f"unknown size {size!r}")
+    n_vae = len(vae["block_out_channels"])
+    vae.update(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        norm_num_groups=32,
+        act_fn="silu",
+        scaling_factor=0.18215,
+    )
+    unet.update(
+        in_channels=4,
+        out_channels=4,
+        act_fn="silu",
+        center_input_sample=False,
+        downsample_padding=1,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        mid_block_scale_factor=1,
+        norm_eps=1e-5,
+        norm_num_groups=32,
+    )
+    text.update(
+        vocab_size=49408,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768 if size == "sd15" else 64,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    scheduler = dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": scheduler}
+
+
+def build_pipeline(size: str, out_dir: Path, seed: int = 0) -> Path:
+    """Save a StableDiffusionPipeline with random weights in diffusers format (once; reused after)."""
+    if (out_dir / "model_index.json").is_file():
+        return out_dir
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    cfg = sd15_configs(size)
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(**cfg["vae"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR),
+        unet=UNet2DConditionModel(**cfg["unet"]),
+        scheduler=PNDMScheduler(**cfg["scheduler"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial, safe_serialization=True)
+    partial.rename(out_dir)  # a killed build never leaves a folder that looks complete
+    return out_dir
+
+
+def write_concept_images(folder: Path, n: int = 4, size: int = 512) -> Path:
+    """`n` distinct synthetic RGB images (gradients and a square), the shape of a user's concept folder."""
+    import numpy as np
+    from PIL import Image
+
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        base = rng.uniform(0, 255, 3)
+        arr = np.stack([base[c] * (0.5 + 0.5 * (xx if c % 2 else yy)) for c in range(3)], axis=-1)
+        lo, hi = int(size * (0.2 + 0.1 * i)), int(size * (0.6 + 0.05 * i))
+        arr[lo:hi, lo:hi] = rng.uniform(0, 255, 3)
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(folder / f"concept{i}.png")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Running and measuring one trainer.
+
+
+@dataclass
+class RunResult:
+    """One trainer's measurement: step time stamps and memory peaks."""
+
+    trainer: str
+    precision: str
+    step_times: list[float] = field(default_factory=list)  # perf_counter after each optimizer step
+    step_rss: list[int] = field(default_factory=list)  # RSS bytes after each step
+    cuda_peak: int = 0  # bytes, max over steps of torch.cuda.max_memory_allocated
+    maxrss: int = 0  # bytes, ru_maxrss of the whole process
+    returncode: int = 0
+    log_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def parse_step_log(text: str) -> tuple[list[float], list[int], int]:
+    """`steptimer.py`'s lines → (time stamps, RSS per step, peak CUDA bytes)."""
+    times, rss, cuda = [], [], 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3:
+            continue
+        times.append(float(parts[0]))
+        rss.append(int(parts[1]))
+        cuda = max(cuda, int(parts[2]))
+    return times, rss, cuda
+
+
+def steady_rate(times: list[float], warmup: int, steps: int) -> float:
+    """Steps per second over the `steps` steps after the first `warmup` ones.
+
+    `times[i]` is when step i+1 finished, so the window starts at the end of the last warm-up step.
+    """
+    if warmup < 1:
+        raise ValueError("warmup must be at least 1: the window starts at the end of a step")
+    if len(times) < warmup + steps:
+        raise ValueError(f"only {len(times)} steps logged, need {warmup + steps}")
+    span = times[warmup + steps - 1] - times[warmup - 1]
+    return steps / span
+
+
+def trainer_flags(
+    model: Path,
+    data: Path,
+    out: Path,
+    *,
+    resolution: int,
+    steps: int,
+    precision: str,
+    gradient_checkpointing: bool,
+    seed: int,
+) -> list[str]:
+    """The flags both trainers get (diffusers' names; textinv accepts them all with the same meaning)."""
+    # fmt: off
+    flags = [
+        "--pretrained_model_name_or_path", str(model),
+        "--train_data_dir", str(data),
+        "--placeholder_token", "<bench-concept>",
+        "--initializer_token", "toy",
+        "--learnable_property", "object",
+        "--resolution", str(resolution),
+        "--center_crop",
+        "--train_batch_size", "1",
+        "--max_train_steps", str(steps),
+        "--learning_rate", "5e-4",
+        "--lr_scheduler", "constant",
+        "--lr_warmup_steps", "0",
+        "--seed", str(seed),
+        "--mixed_precision", {"fp32": "no"}.get(precision, precision),
+        "--checkpointing_steps", "1000000",
+        "--save_steps", "1000000",
+        "--report_to", "tensorboard",
+        "--dataloader_num_workers", "0",
+        "--output_dir", str(out),
+    ]
+    # fmt: on
+    if gradient_checkpointing:
+        flags.append("--gradient_checkpointing")
+    return flags
+
+
+def run_trainer(
+    trainer: str,
+    command_tail: list[str],
+    flags: list[str],
+    work: Path,
+    precision: str,
+    env_extra: dict[str, str],
+    timeout: float,
+) -> RunResult:
+    """Run one trainer under steptimer in a fresh process; wait4 gives its peak RSS."""
+    import resource  # noqa: F401 - wait4's rusage; Linux/macOS only, like the benchmark
+
+    work.mkdir(parents=True, exist_ok=True)
+    step_log = work / f"{trainer}-{precision}.steps"
+    run_log = work / f"{trainer}-{precision}.log"
+    step_log.unlink(missing_ok=True)
+    env = {**os.environ, **env_extra, "TEXTINV_BENCH_STEP_LOG": str(step_log)}
+    cmd = [sys.executable, str(STEPTIMER), *command_tail, *flags]
+    with open(run_log, "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+        try:
+            _, status, usage = _wait4_with_timeout(proc, timeout)
+        except TimeoutError:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            status = 124 << 8
+    times, rss, cuda = parse_step_log(step_log.read_text() if step_log.exists() else "")
+    return RunResult(
+        trainer=trainer,
+        precision=precision,
+        step_times=times,
+        step_rss=rss,
+        cuda_peak=cuda,
+        maxrss=usage.ru_maxrss * 1024,
+        returncode=os.waitstatus_to_exitcode(status),
+        log_path=run_log,
+    )
+
+
+def _wait4_with_timeout(proc: subprocess.Popen, timeout: float):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
+            return pid, status, usage
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The table.
+
+
+def table_rows(results: list[RunResult], warmup: int, steps: int, device: str) -> list[dict]:
+    """One row per run: speed, memory, and both as ratios against the reference of the same precision."""
+    rows = []
+    for r in results:
+        row: dict = {"trainer": r.trainer, "precision": r.precision}
+        try:
+            rate = steady_rate(r.step_times, warmup, steps) if r.ok else None
+        except ValueError:
+            rate = None
+        row["steps_s"] = rate
+        row["s_step"] = 1 / rate if rate else None
+        row["peak_gb"] = (r.cuda_peak if device == "cuda" else r.maxrss) / GIB if r.ok else None
+        row["train_rss_gb"] = max(r.step_rss) / GIB if r.step_rss else None
+        row["error"] = None if r.ok else f"exit {r.returncode}, see {r.log_path}"
+        rows.append(row)
+    for row in rows:
+        ref = next((x for x in rows if x["trainer"] == "reference" and x["precision"] == row["precision"]), None)
+        row["speedup"] = row["steps_s"] / ref["steps_s"] if ref and ref["steps_s"] and row["steps_s"] else None
+        row["mem_ratio"] = row["peak_gb"] / ref["peak_gb"] if ref and ref["peak_gb"] and row["peak_gb"] else None
+    return rows
+
+
+def format_table(rows: list[dict], device: str) -> str:
+    """A Markdown table (readable as plain text too)."""
+    peak = "peak GPU mem GB" if device == "cuda" else "peak RSS GB"
+
+    def f(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    lines = [
+        f"| trainer | precision | steps/s | s/step | {peak} | RSS in training GB "
+        "| speed vs reference | memory vs reference |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['trainer']} | {r['precision']} | failed: {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['trainer']} | {r['precision']} | {f(r['steps_s'], '.3f')} | {f(r['s_step'], '.2f')} | "
+            f"{f(r['peak_gb'], '.2f')} | {f(r['train_rss_gb'], '.2f')} | "
+            f"{f(r['speedup'], '.2f')}{'×' if r['speedup'] else ''} | "
+            f"{f(r['mem_ratio'], '.2f')}{'×' if r['mem_ratio'] else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_description(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device == "cuda" and torch.cuda.is_available():
+        desc = f"{torch.cuda.get_device_name(0)}; " + desc
+    return desc
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("sd15", "tiny"), default="sd15", help="model size (default: sd15)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--resolution", type=int, help="default: 256 on CPU, 512 on CUDA, 32 for --size tiny")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=("fp32", "fp16", "bf16"),
+        help="one run per precision per trainer (default: fp32 on CPU, fp16 bf16 on CUDA)",
+    )
+    p.add_argument("--gradient_checkpointing", action="store_true", help="pass it to both trainers")
+    p.add_argument("--warmup", type=int, default=3, help="steps not timed (default 3)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default 20)")
+    p.add_argument("--trainers", nargs="+", choices=("textinv", "reference"), default=["textinv", "reference"])
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("TEXTINV_BENCH_CACHE", "/tmp/textinv-bench")),
+        help="model, images and run folders ($TEXTINV_BENCH_CACHE, default /tmp/textinv-bench)",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=Path(os.environ["TEXTINV_REFERENCE_SCRIPT"]) if os.environ.get("TEXTINV_REFERENCE_SCRIPT") else None,
+        help="diffusers' examples/textual_inversion/textual_inversion.py ($TEXTINV_REFERENCE_SCRIPT)",
+    )
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both trainers (default: torch's own)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per trainer run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=BENCH_DIR / "RESULTS.md",
+        help="append the table here (default bench/RESULTS.md)",
+    )
+    p.add_argument("--no-record", action="store_true", help="print only; do not append to --results")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    if args.resolution is None:  # the tiny VAE downsamples 2x, not 8x: 32 px gives a 16x16 latent
+        args.resolution = 32 if args.size == "tiny" else 512 if args.device == "cuda" else 256
+    args.precision = args.precision or (["fp16", "bf16"] if args.device == "cuda" else ["fp32"])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    trainers = list(args.trainers)
+    if "reference" in trainers and (args.reference is None or not args.reference.is_file()):
+        where = args.reference or "$TEXTINV_REFERENCE_SCRIPT (unset)"
+        print(
+            f"train_speed: skipping the reference column: {where} is not a file. Point "
+            "TEXTINV_REFERENCE_SCRIPT at a copy of diffusers' examples/textual_inversion/textual_inversion.py "
+            "(kept outside this repository).",
+            file=sys.stderr,
+        )
+        trainers.remove("reference")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"train_speed: building/loading the {args.size} pipeline under {args.cache}", file=sys.stderr)
+    model = build_pipeline(args.size, args.cache / f"pipeline-{args.size}")
+    data = write_concept_images(args.cache / "concept")
+    env_extra: dict[str, str] = {"TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+    if args.device == "cpu":
+        env_extra["CUDA_VISIBLE_DEVICES"] = ""
+    if args.threads:
+        env_extra["OMP_NUM_THREADS"] = str(args.threads)
+    load_before = load_average()
+    results = []
+    for precision in args.precision:
+        for trainer in trainers:
+            out = args.cache / "runs" / f"{trainer}-{precision}"
+            shutil.rmtree(out, ignore_errors=True)
+            flags = trainer_flags(
+                model,
+                data,
+                out,
+                resolution=args.resolution,
+                steps=args.warmup + args.steps,
+                precision=precision,
+                gradient_checkpointing=args.gradient_checkpointing,
+                seed=args.seed,
+            )
+            if trainer == "textinv":
+                tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": str(REPO / "src")}
+            else:
+                tail, extra = ["--torchvision-shim", str(SHIMS), str(args.reference)], {}
+            print(f"train_speed: running {trainer} ({precision}) ...", file=sys.stderr)
+            result = run_trainer(
+                trainer, tail, flags, args.cache / "runs", precision, {**env_extra, **extra}, args.timeout
+            )
+            if not result.ok:
+                tail_text = result.log_path.read_text(errors="replace")[-3000:] if result.log_path else ""
+                print(f"train_speed: {trainer} failed (exit {result.returncode}):\n{tail_text}", file=sys.stderr)
+            results.append(result)
+    rows = table_rows(results, args.warmup, args.steps, args.device)
+    table = format_table(rows, args.device)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if not args.no_record:
+        record(args, table, load_before, load_average())
+    return 0 if all(r.ok for r in results) else 1
+
+
+def record(args: argparse.Namespace, table: str, load_before: str, load_after: str) -> None:
+    """Append the table to RESULTS.md with the machine, date, settings and load."""
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    header = (
+        f"\n### train_speed: {args.size}, {args.device}, {args.resolution} px, batch 1, "
+        f"{'/'.join(args.precision)}{', gradient checkpointing' if args.gradient_checkpointing else ''} — {now}\n\n"
+        f"Machine: {machine_description(args.device)}. Load average before/after: {load_before} / {load_after}. "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps.\n"
+        f"Command: `python bench/train_speed.py {' '.join(sys.argv[1:])}`\n\n"
+    )
+    with open(args.results, "a", encoding="utf-8") as f:
+        f.write(header + table + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
