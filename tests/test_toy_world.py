@@ -22,7 +22,8 @@ def test_same_seed_same_images_and_captions():
     a = list(world.scenes(20, seed=3))
     b = list(world.scenes(20, seed=3))
     assert a == b
-    assert all(np.array_equal(np.asarray(world.render(x)), np.asarray(world.render(y))) for x, y in zip(a, b, strict=True))
+    pairs = zip(a, b, strict=True)
+    assert all(np.array_equal(np.asarray(world.render(x)), np.asarray(world.render(y))) for x, y in pairs)
     assert [s.caption(random.Random(1)) for s in a] == [s.caption(random.Random(1)) for s in b]
     assert list(world.scenes(20, seed=4)) != a
 

@@ -25,6 +25,7 @@ from textinv.toy import world
 JUDGE_FILE = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ATTRIBUTES = ("shape", "colour", "background")
+GRID_FILE = "grid.png"
 
 
 class Judge(nn.Module):
@@ -112,8 +113,8 @@ def evaluate(judge: Judge, n: int = 2000, seed: int = 12345, augment: bool = Fal
 
 
 def train_judge(
-    n_images: int = 10000,
-    epochs: int = 5,
+    n_images: int = 12000,
+    epochs: int = 12,
     seed: int = 0,
     report: Callable[[str], None] = lambda _msg: None,
 ) -> Judge:
@@ -187,7 +188,10 @@ def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise TextinvError(f"{folder} is not a folder; pass a folder of generated images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # `textinv generate` writes a grid.png of all images beside them; it is not a sample.
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE
+    )
     if not files:
         raise TextinvError(f"no images (.png/.jpg/.webp) in {folder}; generate some first")
     return files
