@@ -75,6 +75,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 1. The frozen model, in the training precision.
     pipe = load_pipeline(source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise TextinvError(
+            f"{source.path_or_id} is an SDXL model; textinv trains SD 1.x/2.x embeddings so far "
+            "(SDXL embeddings can already be loaded and converted); use an SD 1.x/2.x model"
+        )
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     if cfg.tokenizer_name:
         tokenizer = _load_tokenizer(cfg.tokenizer_name)
