@@ -407,6 +407,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(os.environ["TEXTINV_REFERENCE_SCRIPT"]) if os.environ.get("TEXTINV_REFERENCE_SCRIPT") else None,
         help="diffusers' examples/textual_inversion/textual_inversion.py ($TEXTINV_REFERENCE_SCRIPT)",
     )
+    p.add_argument(
+        "--textinv-src",
+        type=Path,
+        default=REPO / "src",
+        help="the textinv package's parent folder (default: this checkout's src/); point it at a patched "
+        "copy to measure a proposed change",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run `textinv train` from another source folder (a patched copy), labelled NAME; repeatable",
+    )
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both trainers (default: torch's own)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per trainer run")
     p.add_argument("--seed", type=int, default=0)
@@ -448,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         env_extra["OMP_NUM_THREADS"] = str(args.threads)
     load_before = load_average()
     results = []
+    variants = dict(v.split("=", 1) for v in args.variant)
+    trainers[1:1] = list(variants)  # after textinv, before the reference
     for precision in args.precision:
         for trainer in trainers:
             out = args.cache / "runs" / f"{trainer}-{precision}"
@@ -462,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                 gradient_checkpointing=args.gradient_checkpointing,
                 seed=args.seed,
             )
-            if trainer == "textinv":
-                tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": str(REPO / "src")}
+            if trainer == "textinv" or trainer in variants:
+                src = variants.get(trainer, args.textinv_src)
+                tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": str(src)}
             else:
                 tail, extra = ["--torchvision-shim", str(SHIMS), str(args.reference)], {}
             print(f"train_speed: running {trainer} ({precision}) ...", file=sys.stderr)
