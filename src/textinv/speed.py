@@ -5,8 +5,9 @@ On CPU none has paid so far, so this hook applies nothing:
 
 - channels_last for the UNet: 0.97x per step at SD-1.5 size, 256 px, and +2.2 GB peak RSS (the
   converted weights are copies of the memory-mapped originals).
-- torch.compile of the UNet: 0.85x per step on the tiny model after a 160 s compile; a step is 97%
-  convolution / matmul / attention kernels (profile in RESULTS.md), which compiling does not speed up.
+- torch.compile of the UNet: 0.94x per step at SD-1.5 size after a 13.6-minute compile on 2 cores,
+  +2.2 GB peak RSS. A step is 97% convolution / matmul / attention kernels (profile in RESULTS.md),
+  which compiling does not speed up.
 
 What does pay is structural and lives in the trainer: posteriors cached once, AdamW over the new rows
 only, no per-step restore, the VAE freed after caching.
