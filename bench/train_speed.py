@@ -257,8 +257,6 @@ def run_trainer(
     timeout: float,
 ) -> RunResult:
     """Run one trainer under steptimer in a fresh process; wait4 gives its peak RSS."""
-    import resource  # noqa: F401 - wait4's rusage; Linux/macOS only, like the benchmark
-
     work.mkdir(parents=True, exist_ok=True)
     step_log = work / f"{trainer}-{precision}.steps"
     run_log = work / f"{trainer}-{precision}.log"
@@ -364,7 +362,7 @@ def machine_description(device: str) -> str:
         pass
     import torch
 
-    desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     if device == "cuda" and torch.cuda.is_available():
         desc = f"{torch.cuda.get_device_name(0)}; " + desc
     return desc
@@ -507,7 +505,8 @@ def record(args: argparse.Namespace, table: str, load_before: str, load_after: s
     header = (
         f"\n### train_speed: {args.size}, {args.device}, {args.resolution} px, batch 1, "
         f"{'/'.join(args.precision)}{', gradient checkpointing' if args.gradient_checkpointing else ''} — {now}\n\n"
-        f"Machine: {machine_description(args.device)}. Load average before/after: {load_before} / {load_after}. "
+        f"Machine: {machine_description(args.device)}; OMP_NUM_THREADS={args.threads or 'unset'}. "
+        f"Load average before/after: {load_before} / {load_after}. "
         f"{args.steps} timed steps after {args.warmup} warm-up steps.\n"
         f"Command: `python bench/train_speed.py {' '.join(sys.argv[1:])}`\n\n"
     )
