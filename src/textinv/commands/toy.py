@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_score)
 
-    p = sub.add_parser("build", help="retrain the toy model and the judge from a seed (about 45 min on 2 cores)")
+    p = sub.add_parser(
+        "build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)"
+    )
     p.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge-only", action="store_true", help="retrain only the judge (a few minutes)")
