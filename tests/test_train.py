@@ -246,3 +246,30 @@ def test_a_crash_while_writing_a_checkpoint_keeps_latest_intact(sd1_model, conce
     assert not (out / "checkpoint-4").exists()
     loaded = ckpt.load_checkpoint(ckpt.resolve_resume(out, "latest"))
     assert loaded.state.global_step == 2
+
+
+def test_installing_the_placeholder_keeps_the_original_matrix_in_place(sd1_model):
+    """No resize while training: the frozen matrix is the very same tensor, and new ids read the new rows."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from textinv.tokens import add_placeholder_tokens, bake_placeholder_rows, install_placeholder_embedding
+
+    tokenizer = CLIPTokenizer.from_pretrained(sd1_model / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(sd1_model / "text_encoder")
+    before = text_encoder.get_input_embeddings().weight
+    ptr, original = before.data_ptr(), before.detach().clone()
+    placeholder = add_placeholder_tokens(tokenizer, "<x>", 2)
+    module = install_placeholder_embedding(text_encoder, tokenizer, placeholder, init_id=320)
+    assert module.base.weight.data_ptr() == ptr and module.base.weight.shape == original.shape
+    with torch.no_grad():
+        module.rows.copy_(torch.randn_like(module.rows))
+    ids = torch.tensor([[320, *placeholder.ids]])
+    out = text_encoder.get_input_embeddings()(ids)
+    assert torch.equal(out[0, 0], original[320]) and torch.equal(out[0, 1:], module.rows)
+    out.sum().backward()
+    assert module.rows.grad is not None and module.base.weight.grad is None
+    bake_placeholder_rows(text_encoder)
+    weight = text_encoder.get_input_embeddings().weight
+    assert weight.shape[0] == len(tokenizer)
+    assert torch.equal(weight[: original.shape[0]], original)
+    assert torch.equal(weight[list(placeholder.ids)], module.rows.detach())

@@ -84,41 +84,50 @@ class PlaceholderEmbedding(nn.Module):
         return self.rows.shape[0]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.base(input_ids)
         offset = input_ids - self.first_id
         is_new = (offset >= 0) & (offset < self.num_rows)
+        # The base matrix is not resized while training, so the new ids may lie past its end: look up
+        # row 0 for them instead; `where` then puts the trainable rows in their place.
+        out = self.base(input_ids.masked_fill(is_new, 0))
         new = self.rows.to(out.dtype)[offset.clamp(0, self.num_rows - 1)]
         return torch.where(is_new.unsqueeze(-1), new, out)
 
 
 def install_placeholder_embedding(text_encoder, tokenizer, placeholder: Placeholder, init_id: int):
-    """Grow the embedding to the tokenizer's size and swap in a `PlaceholderEmbedding`.
+    """Swap in a `PlaceholderEmbedding` whose new rows start as the initializer token's row.
 
-    Every original weight stays bitwise unchanged and frozen; only `PlaceholderEmbedding.rows` trains.
+    The original matrix is not resized while training: resizing copies all 49k rows into a new matrix
+    (and makes every page of the memory-mapped original resident), about 0.3 GB for SD-1.x, to add a
+    few rows `PlaceholderEmbedding.rows` holds anyway (measured in bench/RESULTS.md).
+    `bake_placeholder_rows` grows it when a full pipeline is saved. Every original weight stays
+    bitwise unchanged and frozen; only `PlaceholderEmbedding.rows` trains.
     """
     text_encoder.requires_grad_(False)
-    try:  # the new rows are overwritten below, so skip transformers' random mean-resizing init
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    except TypeError:  # transformers < 4.46
-        text_encoder.resize_token_embeddings(len(tokenizer))
     base = text_encoder.get_input_embeddings()
-    with torch.no_grad():
-        init = base.weight[init_id].detach().clone()
-        base.weight[list(placeholder.ids)] = init
+    init = base.weight[init_id].detach().clone()
     module = PlaceholderEmbedding(base, placeholder.ids[0], init.unsqueeze(0).repeat(len(placeholder.ids), 1))
     text_encoder.set_input_embeddings(module)
     return module
 
 
 def bake_placeholder_rows(text_encoder) -> None:
-    """Write the learned rows into the plain embedding matrix and remove the wrapper (before saving a pipeline)."""
+    """Grow the plain embedding matrix, write the learned rows into it and remove the wrapper.
+
+    Used before saving a whole pipeline, whose text encoder must hold the new token's rows.
+    """
     module = text_encoder.get_input_embeddings()
     if not isinstance(module, PlaceholderEmbedding):
         return
-    with torch.no_grad():
-        ids = slice(module.first_id, module.first_id + module.num_rows)
-        module.base.weight[ids] = module.rows.to(module.base.weight.dtype)
     text_encoder.set_input_embeddings(module.base)
+    needed = module.first_id + module.num_rows
+    if module.base.num_embeddings < needed:
+        try:  # the new rows are overwritten below, so skip transformers' random mean-resizing init
+            text_encoder.resize_token_embeddings(needed, mean_resizing=False)
+        except TypeError:  # transformers < 4.46
+            text_encoder.resize_token_embeddings(needed)
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[module.first_id : needed] = module.rows.to(weight.dtype)
 
 
 def text_embedding_dim(text_encoder) -> int:
