@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -68,8 +69,11 @@ def test_same_seed_same_image_and_seed_i_reproduces_image_i(sd1_model, tmp_path)
     kwargs = dict(num_inference_steps=2, guidance_scale=5.0)
     batch = generate_images(pipe, "a photo", num_images=2, seed=4, progress=False, **kwargs)
     again = generate_images(pipe, "a photo", num_images=1, seed=5, progress=False, **kwargs)
-    assert again[0].tobytes() == batch[1].tobytes()
-    assert batch[0].tobytes() != batch[1].tobytes()
+    # Batched and single runs use different kernels (and thread splits), so they agree to rounding,
+    # not bitwise: within 2/255 per pixel, while different seeds differ by far more.
+    single, second, first = (np.asarray(im, dtype=np.int16) for im in (again[0], batch[1], batch[0]))
+    assert np.abs(single - second).max() <= 2
+    assert np.abs(first - second).mean() > 10 * max(np.abs(single - second).mean(), 0.1)
     seen = []
     generate_images(pipe, "a photo", num_images=2, seed=0, progress=seen.append, scheduler="ddim", **kwargs)
     assert seen == [2, 4]  # 2 images x 2 steps, reported as they happen
