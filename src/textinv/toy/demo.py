@@ -72,9 +72,12 @@ def learn(
 
 
 def toy_pipeline(model: str | None = None):
+    """The model in float32: the toy weights ship in fp16, which CPUs cannot run every op in."""
+    import torch
+
     from textinv.models import load_pipeline, resolve_model_source
 
-    return load_pipeline(resolve_model_source(model))
+    return load_pipeline(resolve_model_source(model), torch_dtype=torch.float32)
 
 
 def sample(
