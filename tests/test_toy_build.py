@@ -14,8 +14,9 @@ def test_recipe_saves_a_loadable_fp16_pipeline_with_recommended_settings(tmp_pat
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    cfg = build.BuildConfig(num_images=64, vae_images=32, vae_steps=2, vae_batch_size=4, unet_steps=2,
-                            batch_size=4, warmup_steps=1)
+    cfg = build.BuildConfig(
+        num_images=64, vae_images=32, vae_steps=2, vae_batch_size=4, unet_steps=2, batch_size=4, warmup_steps=1
+    )
     out = build.build(cfg, tmp_path / "toy")
     assert not (out / "tokenizer" / "tokenizer.json").exists()
     assert sorted(p.name for p in (out / "tokenizer").iterdir()) == sorted(build.TOKENIZER_FILES)

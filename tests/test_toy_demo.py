@@ -30,3 +30,12 @@ def test_side_by_side_places_titled_panels():
     red = Image.new("RGB", (32, 32), (255, 0, 0))
     grid = demo.side_by_side([("a", [red] * 5), ("b", [red])], scale=1, rows=4)
     assert grid.size == (2 * 32 + 8 + 32, 16 + 4 * 32)
+
+
+def test_the_shipped_fp16_toy_model_loads_in_float32_for_cpu_sampling():
+    import torch
+
+    pipe = demo.toy_pipeline()
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    image = pipe("a red star", num_inference_steps=2, height=32, width=32, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)

@@ -54,8 +54,11 @@ def test_captions_name_shape_and_vary_colour_background_and_templates():
     assert any("in the style of" in c for c in captions)
     assert any("background" in c for c in captions)
     # Shape-only captions exist for many colours: the shape word alone must not imply a colour.
-    shape_only = {s.colour for s, c in zip(scenes, captions, strict=True)
-                  if s.shape in c and s.colour not in c and "style" not in c}
+    shape_only = {
+        s.colour
+        for s, c in zip(scenes, captions, strict=True)
+        if s.shape in c and s.colour not in c and "style" not in c
+    }
     assert len(shape_only) >= 8
     for s, c in zip(scenes, captions, strict=True):
         assert s.shape in c or s.background in c

@@ -38,9 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_score)
 
-    p = sub.add_parser(
-        "build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)"
-    )
+    p = sub.add_parser("build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge-only", action="store_true", help="retrain only the judge (a few minutes)")
@@ -67,9 +65,7 @@ def run_images(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise TextinvError(f"-n must be at least 1 (got {args.num})")
-    paths = world.write_concept_images(
-        args.concept, args.out, args.num, background=args.background, seed=args.seed
-    )
+    paths = world.write_concept_images(args.concept, args.out, args.num, background=args.background, seed=args.seed)
     print(f"wrote {len(paths)} images of {args.concept!r} to {args.out}")
     return 0
 

@@ -217,11 +217,12 @@ def train_unet(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=g)
-        captions = [
-            "" if rng.random() < cfg.caption_dropout else scenes[i].caption(rng) for i in idx.tolist()
-        ]
+        captions = ["" if rng.random() < cfg.caption_dropout else scenes[i].caption(rng) for i in idx.tolist()]
         ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scaling

@@ -139,9 +139,7 @@ def run_demo(
         for i, image in enumerate(images):
             image.save(out / name / f"{i:03d}.png")
     training = [Image.open(p).convert("RGB") for p in paths]
-    grid = side_by_side(
-        [("training images", training), (f"'{shape}' alone", baseline), (PLACEHOLDER, learned)]
-    )
+    grid = side_by_side([("training images", training), (f"'{shape}' alone", baseline), (PLACEHOLDER, learned)])
     grid_path = out / "grid.png"
     grid.save(grid_path)
     return {

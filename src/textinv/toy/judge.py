@@ -62,9 +62,7 @@ def _labels() -> dict[str, tuple[str, ...]]:
 def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """RGB images of any size -> (N, 3, 32, 32) in [-1, 1] (larger images are box-downsampled)."""
     size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
-    arr = np.stack(
-        [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BOX)) for im in images]
-    )
+    arr = np.stack([np.asarray(im.convert("RGB").resize(size, Image.Resampling.BOX)) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -148,8 +146,9 @@ def save_judge(judge: Judge, path: Path = JUDGE_FILE, accuracy: dict[str, float]
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in judge.state_dict().items()
-               if v.is_floating_point()}
+    tensors = {
+        k: v.detach().to(torch.float16).contiguous() for k, v in judge.state_dict().items() if v.is_floating_point()
+    }
     meta = {"labels": json.dumps(_labels()), "accuracy": json.dumps(accuracy or {})}
     save_file(tensors, str(path), metadata=meta)
     return path
@@ -189,9 +188,7 @@ def image_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise TextinvError(f"{folder} is not a folder; pass a folder of generated images")
     # `textinv generate` writes a grid.png of all images beside them; it is not a sample.
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE
-    )
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE)
     if not files:
         raise TextinvError(f"no images (.png/.jpg/.webp) in {folder}; generate some first")
     return files

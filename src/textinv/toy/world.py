@@ -120,14 +120,10 @@ def random_scene(
 ) -> Scene:
     """A scene with the given attributes fixed and the others (and the placement) drawn from `rng`."""
     shape = shape or rng.choice(SHAPES)
-    background = background or rng.choice(
-        [b for b in BACKGROUNDS if colour is None or allowed(colour, b)]
-    )
+    background = background or rng.choice([b for b in BACKGROUNDS if colour is None or allowed(colour, b)])
     colour = colour or rng.choice([c for c in COLOURS if allowed(c, background)])
     if not allowed(colour, background):
-        raise TextinvError(
-            f"a {colour} shape on a {background} background would be invisible; pick another background"
-        )
+        raise TextinvError(f"a {colour} shape on a {background} background would be invisible; pick another background")
     size = rng.uniform(14.0, 26.0)
     margin = size / 2 + 1
     return Scene(
@@ -145,6 +141,7 @@ def random_scene(
 
 def _outline(shape: str, r: float) -> list[list[tuple[float, float]]]:
     """Polygons (unit-free, centred on 0, radius r) whose union is the shape; rings are drawn separately."""
+
     def poly(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
         return [points]
 
@@ -244,9 +241,7 @@ def caption_for(scene: Scene, rng: random.Random) -> str:
         return f"{_a(thing)} in the style of {scene.background}"
     base = rng.choice(OBJECT_TEMPLATES).format(thing) if roll < 0.65 else _a(thing)
     if with_background:
-        base += rng.choice((" on a {} background", " on {}", " against a {} background")).format(
-            scene.background
-        )
+        base += rng.choice((" on a {} background", " on {}", " against a {} background")).format(scene.background)
     return base
 
 
