@@ -202,3 +202,16 @@ def test_sdxl_model_is_refused_for_training(concept_dir, tmp_path, capsys):
     model = tmp_path / "tiny-sdxl"
     _tiny_sdxl_pipeline().save_pretrained(model)
     _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "SDXL model", "SD 1.x/2.x")
+
+
+def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "fam"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "1", steps=1)) == 0
+    state_file = out / "checkpoint-1" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "embedding_dim": 768}))
+    capsys.readouterr()
+    args = train_args(sd1_model, concept_dir, out, "--resume_from_checkpoint", "latest", steps=2)
+    _fails(capsys, args, "sd1 (768)", "custom-32 (32)")

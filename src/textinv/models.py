@@ -1,6 +1,6 @@
 """Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, toy default.
 
-Also tells model families apart (SD1 / SD2 / SDXL) and reads a model's recommended textinv settings.
+Also reads a model's recommended textinv settings (model families: `embeddings.family_of_dims`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy" / "model"
 # they replace the diffusers defaults for flags the user did not give. The toy model uses this.
 DEFAULTS_FILE = "textinv.json"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-
-FAMILY_BY_DIM = {768: "sd1", 1024: "sd2"}
 
 
 @dataclass(frozen=True)
@@ -146,19 +144,3 @@ def _single_file_is_sdxl(path: Path) -> bool:
 
     with safe_open(str(path), framework="pt") as f:
         return any(k.startswith("conditioner.embedders.1") for k in f.keys())
-
-
-def family_of_text_dim(dim: int | tuple[int, ...]) -> str:
-    """Model family from the text-embedding width(s): 768 SD1, 1024 SD2, (768, 1280) SDXL."""
-    if isinstance(dim, tuple):
-        return "sdxl" if dim == (768, 1280) else f"unknown-{'+'.join(map(str, dim))}"
-    return FAMILY_BY_DIM.get(dim, f"custom-{dim}")
-
-
-def family_of_pipeline(pipe) -> str:
-    """Model family of a loaded pipeline, from its text encoder(s)."""
-    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    te2 = getattr(pipe, "text_encoder_2", None)
-    if te2 is not None:
-        return family_of_text_dim((dim, te2.get_input_embeddings().weight.shape[1]))
-    return family_of_text_dim(dim)

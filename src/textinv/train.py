@@ -29,10 +29,10 @@ from textinv.data import (
     templates_for,
     tokenize_templates,
 )
-from textinv.embeddings import save_diffusers_embedding
+from textinv.embeddings import describe_family, family_of_dims, save_diffusers_embedding
 from textinv.errors import TextinvError, TrainingDiverged
 from textinv.hub import push_output_dir, write_model_card
-from textinv.models import family_of_text_dim, load_pipeline, model_defaults, resolve_model_source
+from textinv.models import load_pipeline, model_defaults, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
 from textinv.speed import apply_speedups
 from textinv.tokens import (
@@ -262,7 +262,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "textinv.initializer_token": cfg.initializer_token or "",
             "textinv.step": str(global_step),
             "textinv.base_model": source.path_or_id,
-            "textinv.family": family_of_text_dim(dim),
+            "textinv.family": family_of_dims((dim,)),
             "textinv.learnable_property": cfg.learnable_property,
         }
         result_path = save_concept(output_dir, cfg.placeholder_token, new_rows.rows, cfg.learnable_property, metadata)
@@ -391,8 +391,8 @@ def _initial_seed(cfg: TrainConfig, accelerator) -> int:
 def _check_resume_compatible(state: ckpt.TrainingState, cfg: TrainConfig, dim: int, path: Path) -> None:
     if state.embedding_dim != dim:
         raise TextinvError(
-            f"checkpoint {path} was trained on a {family_of_text_dim(state.embedding_dim)} model "
-            f"(dim {state.embedding_dim}) but this model is {family_of_text_dim(dim)} (dim {dim}); "
+            f"checkpoint {path} was trained on a {describe_family((state.embedding_dim,))} model "
+            f"but this model is {describe_family((dim,))}; "
             "resume with the checkpoint's model"
         )
     if (state.placeholder_token, state.num_vectors) != (cfg.placeholder_token, cfg.num_vectors):
