@@ -195,7 +195,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
-    loss_value, last_good, losses = float("nan"), new_rows.rows.detach().clone(), []
+    loss_value, losses = float("nan"), []
     while global_step < total_steps:
         step_start = time.perf_counter()
         step_loss = torch.zeros((), device=device)
@@ -212,14 +212,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         losses.append(loss_value)
         if not math.isfinite(loss_value):
             progress.close()
-            _stop_on_divergence(output_dir, cfg, last_good, global_step, is_main)
+            # Checked before the optimizer step, so the rows are still the last good ones.
+            _stop_on_divergence(output_dir, cfg, new_rows.rows, global_step, is_main)
         if n_proc > 1:
             new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, "mean")
         optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        last_good = new_rows.rows.detach().clone()
         global_step += 1
         samples_seen += global_batch * accum
         training_state.global_step, training_state.samples_seen = global_step, samples_seen
