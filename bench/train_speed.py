@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -440,6 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     trainers = list(args.trainers)
+    if args.reference is not None:
+        args.reference = args.reference.resolve()  # the trainers run with the runs folder as cwd
     if "reference" in trainers and (args.reference is None or not args.reference.is_file()):
         where = args.reference or "$TEXTINV_REFERENCE_SCRIPT (unset)"
         print(
@@ -449,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         trainers.remove("reference")
+    args.cache = args.cache.resolve()
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"train_speed: building/loading the {args.size} pipeline under {args.cache}", file=sys.stderr)
     model = build_pipeline(args.size, args.cache / f"pipeline-{args.size}")
@@ -478,9 +482,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             if trainer == "textinv" or trainer in variants:
                 src = variants.get(trainer, args.textinv_src)
-                tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": str(src)}
+                path = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+                tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": path}
             else:
-                tail, extra = ["--torchvision-shim", str(SHIMS), str(args.reference)], {}
+                # The PIL-only shim stands in for torchvision only where it is missing: transformers imports
+                # torchvision.io when a real torchvision is installed, and the shim has no such module.
+                shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(SHIMS)]
+                tail, extra = [*shim, str(args.reference)], {}
             print(f"train_speed: running {trainer} ({precision}) ...", file=sys.stderr)
             result = run_trainer(
                 trainer, tail, flags, args.cache / "runs", precision, {**env_extra, **extra}, args.timeout

@@ -101,7 +101,6 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 3. Data: images → VAE posteriors, encoded once; prompt templates tokenized once.
     images, _ = load_concept_images(cfg.train_data_dir)
-    unet.to(device)
     text_encoder.to(device)
     vae.to(device)
     posteriors = cache_latent_posteriors(vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype)
@@ -109,6 +108,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         pipe.vae = vae = None  # nothing needs the VAE past this point: give its memory back
     elif device.type == "cuda":
         vae.to("cpu")  # only validation needs it again
+    # The UNet goes to the device only now: on a GPU the VAE's encode at full resolution and the UNet
+    # are never resident together, so the peak is the larger of the two phases, not their sum.
+    unet.to(device)
     template_ids = tokenize_templates(tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string)
     template_ids = template_ids.to(device)
 
