@@ -30,7 +30,6 @@ from textinv.toy import world
 
 log = logging.getLogger(__name__)
 
-LATENT_CHANNELS = 8
 # The toy model's recommended textinv settings (written to its textinv.json): they replace diffusers'
 # SD-sized defaults for flags the user omits, so that `textinv train` learns a concept in under
 # 2 minutes on 2 CPU cores and `textinv generate` samples at the native 32 px.
@@ -61,6 +60,8 @@ class BuildConfig:
     vae_batch_size: int = 16
     vae_learning_rate: float = 2e-3
     vae_kl_weight: float = 1e-6
+    vae_channels: tuple[int, ...] = (16, 32, 64)  # a downsampling per extra level: 32 px -> 8x8 latents
+    latent_channels: int = 8
     unet_steps: int = 2400
     batch_size: int = 32
     learning_rate: float = 8e-4
@@ -69,38 +70,46 @@ class BuildConfig:
     caption_dropout: float = 0.1
     text_hidden: int = 128
     text_layers: int = 3
+    unet_channels: tuple[int, ...] = (48, 96)
+    unet_layers: int = 1
     threads: int = 2
 
 
-def _vae():
+def latent_size(cfg: BuildConfig) -> int:
+    return world.IMAGE_SIZE // 2 ** (len(cfg.vae_channels) - 1)
+
+
+def _vae(cfg: BuildConfig):
     from diffusers import AutoencoderKL
 
+    levels = len(cfg.vae_channels)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=tuple(cfg.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
         layers_per_block=1,
-        # 8 channels, not SD's 4: at 8x8 latents 4 channels blur edges and colours after a CPU-sized run.
-        latent_channels=LATENT_CHANNELS,
+        # More channels than SD's 4: small latents with 4 channels blur edges and colours after a CPU-sized run.
+        latent_channels=cfg.latent_channels,
         norm_num_groups=16,
         sample_size=world.IMAGE_SIZE,
     )
 
 
-def _unet(cross_dim: int):
+def _unet(cfg: BuildConfig):
     from diffusers import UNet2DConditionModel
 
+    levels = len(cfg.unet_channels)
     return UNet2DConditionModel(
-        sample_size=world.IMAGE_SIZE // 4,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        block_out_channels=(48, 96),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim,
+        sample_size=latent_size(cfg),
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=cfg.unet_layers,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        cross_attention_dim=cfg.text_hidden,
         attention_head_dim=8,
         norm_num_groups=16,
     )
@@ -153,7 +162,7 @@ def render_dataset(n: int, seed: int) -> tuple[list[world.Scene], torch.Tensor]:
 
 def train_vae(cfg: BuildConfig, pixels: torch.Tensor, report: Callable[[str], None]):
     torch.manual_seed(cfg.seed)
-    vae = _vae()
+    vae = _vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     for step in range(cfg.vae_steps):
@@ -199,11 +208,12 @@ def train_unet(
     report: Callable[[str], None],
     snapshot: Callable | None = None,
     snapshot_every: int = 0,
+    device: str = "cpu",
 ):
     """Jointly train the UNet and the text encoder (from scratch) on captioned latents."""
     torch.manual_seed(cfg.seed + 1)
-    text_encoder = _text_encoder(cfg)
-    unet = _unet(cfg.text_hidden)
+    text_encoder = _text_encoder(cfg).to(device)
+    unet = _unet(cfg).to(device)
     scheduler = _scheduler()
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     ema = [p.detach().clone() for p in params]
@@ -224,10 +234,12 @@ def train_unet(
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids
+        ).input_ids.to(device)
+        # Every random draw comes from the CPU generator, so a build is the same stream on any device.
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scaling
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = scheduler.add_noise(latents, noise, t)
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, cond).sample
@@ -256,10 +268,11 @@ def train_unet(
 
 def _cached_vae(cfg: BuildConfig, pixels: torch.Tensor, cache_dir: Path | None, report):
     """Phase 1, skipped when `cache_dir` holds a VAE trained with the same settings (it is deterministic)."""
-    key = json.dumps({k: v for k, v in asdict(cfg).items() if k.startswith("vae") or k in ("seed", "threads")})
+    phase1 = ("seed", "threads", "latent_channels")
+    key = json.dumps({k: v for k, v in asdict(cfg).items() if k.startswith("vae") or k in phase1})
     if cache_dir is not None and (cache_dir / "vae.json").is_file():
         if (cache_dir / "vae.json").read_text() == key:
-            vae = _vae()
+            vae = _vae(cfg)
             vae.load_state_dict(torch.load(cache_dir / "vae.pt", weights_only=True))
             report(f"vae: reused the phase-1 result cached in {cache_dir}")
             return vae.eval()
@@ -277,6 +290,7 @@ def build(
     report: Callable[[str], None] = log.info,
     cache_dir: Path | None = None,
     snapshot_every: int = 0,
+    device: str = "cpu",
 ) -> Path:
     """Run the whole recipe and save a StableDiffusionPipeline (fp16 safetensors) to `out_dir`.
 
@@ -318,8 +332,9 @@ def build(
         report(f"snapshot saved to {out}-step{step}")
 
     unet, text_encoder, scheduler = train_unet(
-        cfg, scenes, means, stds, scaling, tokenizer, report, snapshot, snapshot_every
+        cfg, scenes, means, stds, scaling, tokenizer, report, snapshot, snapshot_every, device
     )
+    unet, text_encoder = unet.cpu(), text_encoder.cpu()
     save_pipeline(assemble(unet, text_encoder, scheduler), out)
     (out / "textinv.json").write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
     (out / "build.json").write_text(

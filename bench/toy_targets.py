@@ -1,0 +1,121 @@
+"""The toy model's fidelity targets (issue 3), measured the way a user would: real CLI commands only.
+
+For each object concept: `textinv toy images CONCEPT -n 5`, then `textinv train` with nothing but
+`--train_data_dir`, `--placeholder_token`, `--initializer_token SHAPE` (and an output folder), then
+`textinv generate` at its defaults, 32 samples per prompt, judged by `textinv toy score`'s judge:
+
+- "a photo of a <x>"            shape+colour match          target >= 80 %
+- "a photo of a SHAPE"          (initializer word alone)    target <= 40 %
+- "a <x> on a blue background"  shape+colour and blue       target >= 70 % each
+
+and for the bundled style (examples/checkered-style, `--learnable_property style`):
+- "a circle in the style of <s>" shows the checkered background   target >= 70 %
+
+Usage:
+    python bench/toy_targets.py                              # the bundled orange star + the style
+    python bench/toy_targets.py --random 3 --seed 7          # 3 concepts picked at random from the world
+    python bench/toy_targets.py --concept "green heart" --no-style
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from textinv.cli import main as textinv
+from textinv.toy import judge, world
+
+REPO = Path(__file__).resolve().parents[1]
+ORANGE_STAR = REPO / "examples" / "orange-star"
+CHECKERED = REPO / "examples" / "checkered-style"
+
+
+def run(*args: str) -> None:
+    code = textinv(list(args))
+    if code != 0:
+        raise SystemExit(f"toy_targets: `textinv {' '.join(args)}` exited {code}")
+
+
+def generate(prompt: str, out: Path, n: int, concept: Path | None = None) -> Path:
+    extra = ["--concept", str(concept)] if concept else []
+    run("generate", prompt, "-n", str(n), "--out", str(out), "--quiet", *extra)
+    return out
+
+
+def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
+    """Train on `data` (or a fresh `textinv toy images` set) and score the three prompts."""
+    colour, shape = world.parse_concept(concept)
+    if data is None:
+        data = work / "images"
+        run("toy", "images", concept, "-n", "5", "--out", str(data))
+    emb = work / "embedding"
+    started = time.perf_counter()
+    run("train", "--train_data_dir", str(data), "--placeholder_token", "<x>", "--initializer_token", shape,
+        "--output_dir", str(emb))  # fmt: skip
+    seconds = time.perf_counter() - started
+    learned = judge.score_folder(generate("a photo of a <x>", work / "learned", n, emb), concept)
+    initializer = judge.score_folder(generate(f"a photo of a {shape}", work / "initializer", n), concept)
+    blue = None  # a blue shape on a blue background is invisible: no editability check for blue concepts
+    if colour != "blue":
+        blue = judge.score_folder(generate("a <x> on a blue background", work / "blue", n, emb), concept, "blue")
+    return {"concept": concept, "train_s": seconds, "learned": learned, "initializer": initializer, "blue": blue}
+
+
+def style_row(work: Path, n: int) -> dict:
+    emb = work / "embedding"
+    started = time.perf_counter()
+    run("train", "--train_data_dir", str(CHECKERED), "--placeholder_token", "<s>", "--initializer_token", "pattern",
+        "--learnable_property", "style", "--output_dir", str(emb))  # fmt: skip
+    seconds = time.perf_counter() - started
+    score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", "checkered")
+    return {"train_s": seconds, "score": score}
+
+
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concept", action="append", help="'COLOUR SHAPE' (repeatable); default: the bundled one")
+    parser.add_argument("--random", type=int, default=0, help="also this many concepts picked at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random picks")
+    parser.add_argument("-n", "--num-images", type=int, default=32)
+    parser.add_argument("--no-style", action="store_true", help="skip the style concept")
+    args = parser.parse_args()
+    picks = random.Random(args.seed)
+    concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
+    for _ in range(args.random):
+        concepts.append((f"{picks.choice(list(world.COLOURS))} {picks.choice(world.SHAPES)}", None))
+    if not concepts:
+        concepts = [("orange star", ORANGE_STAR)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (concept, data) in enumerate(concepts):
+            rows.append(object_row(concept, data, Path(tmp) / f"c{i}", args.num_images))
+        style = None if args.no_style else style_row(Path(tmp) / "style", args.num_images)
+    n = args.num_images
+    print(f"\n{n} samples per prompt; `textinv train` and `textinv generate` at their defaults on the toy model\n")
+    print("| concept | train s | learned match | initializer match | blue: match | blue: background | targets |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        blue = r["blue"]
+        ok = r["learned"]["match"] >= 0.8 and r["initializer"]["match"] <= 0.4
+        ok = ok and (blue is None or (blue["match"] >= 0.7 and blue["background"] >= 0.7))
+        edit = "n/a | n/a" if blue is None else f"{blue['match']:.0%} | {blue['background']:.0%}"
+        print(
+            f"| {r['concept']} | {r['train_s']:.0f} | {r['learned']['match']:.0%} | {r['initializer']['match']:.0%} "
+            f"| {edit} | {mark(ok)} |"
+        )
+    if style:
+        got = style["score"]["background"]
+        print(f"\nstyle (examples/checkered-style): 'a circle in the style of <s>' checkered in {got:.0%} "
+              f"(target 70 %: {mark(got >= 0.7)}), shape circle in {style['score']['shape']:.0%}; "
+              f"train {style['train_s']:.0f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
