@@ -464,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         env_extra["OMP_NUM_THREADS"] = str(args.threads)
     load_before = load_average()
     results = []
+    # The PIL-only shim stands in for torchvision only where it is missing: transformers imports
+    # torchvision.io when a real torchvision is installed, and the shim has no such module.
+    shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(SHIMS)]
     variants = dict(v.split("=", 1) for v in args.variant)
     trainers[1:1] = list(variants)  # after textinv, before the reference
     for precision in args.precision:
@@ -485,9 +488,6 @@ def main(argv: list[str] | None = None) -> int:
                 path = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
                 tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": path}
             else:
-                # The PIL-only shim stands in for torchvision only where it is missing: transformers imports
-                # torchvision.io when a real torchvision is installed, and the shim has no such module.
-                shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(SHIMS)]
                 tail, extra = [*shim, str(args.reference)], {}
             print(f"train_speed: running {trainer} ({precision}) ...", file=sys.stderr)
             result = run_trainer(

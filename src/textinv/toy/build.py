@@ -208,12 +208,11 @@ def train_unet(
     report: Callable[[str], None],
     snapshot: Callable | None = None,
     snapshot_every: int = 0,
-    device: str = "cpu",
 ):
     """Jointly train the UNet and the text encoder (from scratch) on captioned latents."""
     torch.manual_seed(cfg.seed + 1)
-    text_encoder = _text_encoder(cfg).to(device)
-    unet = _unet(cfg).to(device)
+    text_encoder = _text_encoder(cfg)
+    unet = _unet(cfg)
     scheduler = _scheduler()
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     ema = [p.detach().clone() for p in params]
@@ -234,12 +233,10 @@ def train_unet(
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(device)
-        # Every random draw comes from the CPU generator, so a build is the same stream on any device.
+        ).input_ids
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scaling
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = scheduler.add_noise(latents, noise, t)
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, cond).sample
@@ -290,7 +287,6 @@ def build(
     report: Callable[[str], None] = log.info,
     cache_dir: Path | None = None,
     snapshot_every: int = 0,
-    device: str = "cpu",
 ) -> Path:
     """Run the whole recipe and save a StableDiffusionPipeline (fp16 safetensors) to `out_dir`.
 
@@ -332,9 +328,8 @@ def build(
         report(f"snapshot saved to {out}-step{step}")
 
     unet, text_encoder, scheduler = train_unet(
-        cfg, scenes, means, stds, scaling, tokenizer, report, snapshot, snapshot_every, device
+        cfg, scenes, means, stds, scaling, tokenizer, report, snapshot, snapshot_every
     )
-    unet, text_encoder = unet.cpu(), text_encoder.cpu()
     save_pipeline(assemble(unet, text_encoder, scheduler), out)
     (out / "textinv.json").write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
     (out / "build.json").write_text(
