@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -420,6 +421,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=SRC",
         help="also run `textinv train` from another source folder (a patched copy), labelled NAME; repeatable",
     )
+    p.add_argument(
+        "--flags",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also run this checkout's `textinv train` with extra flags, labelled NAME; repeatable "
+        "(e.g. compiled='--torch_compile reduce-overhead')",
+    )
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both trainers (default: torch's own)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per trainer run")
     p.add_argument("--seed", type=int, default=0)
@@ -468,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     # torchvision.io when a real torchvision is installed, and the shim has no such module.
     shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(SHIMS)]
     variants = dict(v.split("=", 1) for v in args.variant)
-    trainers[1:1] = list(variants)  # after textinv, before the reference
+    flag_variants = {name: shlex.split(extra) for name, extra in (v.split("=", 1) for v in args.flags)}
+    trainers[1:1] = [*variants, *flag_variants]  # after textinv, before the reference
     for precision in args.precision:
         for trainer in trainers:
             out = args.cache / "runs" / f"{trainer}-{precision}"
@@ -483,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 gradient_checkpointing=args.gradient_checkpointing,
                 seed=args.seed,
             )
-            if trainer == "textinv" or trainer in variants:
+            flags += flag_variants.get(trainer, [])
+            if trainer == "textinv" or trainer in variants or trainer in flag_variants:
                 src = variants.get(trainer, args.textinv_src)
                 path = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
                 tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": path}

@@ -107,3 +107,32 @@ def test_shim_flip_matches_torchvision_semantics():
     torch.manual_seed(0)
     flips = [RandomHorizontalFlip(p=0.5)(img).getpixel((1, 0)) == (255, 0, 0) for _ in range(8)]
     assert flips == expected
+
+
+def test_torch_compile_flag_compiles_the_unet_and_learns_the_same(sd1_model, concept_dir, tmp_path, monkeypatch):
+    """`--torch_compile MODE` hands the UNet's forward to torch.compile with MODE; the embedding is unchanged.
+
+    The compiler backend is swapped for dynamo's "eager" one (the graph is traced, no C++ code is
+    generated), so this runs in seconds on CPU; the GPU speed-up itself is measured in bench/RESULTS.md.
+    """
+    from helpers import learned, run_cli, train_args
+
+    real_compile = torch.compile
+    calls = []
+
+    def compile_eagerly(fn, mode=None, **kwargs):
+        calls.append((getattr(fn, "__self__", None).__class__.__name__, mode))
+        return real_compile(fn, backend="eager")
+
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    assert run_cli(train_args(sd1_model, concept_dir, plain)) == 0
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    try:
+        assert run_cli(train_args(sd1_model, concept_dir, compiled, "--torch_compile", "reduce-overhead")) == 0
+    finally:
+        torch._dynamo.reset()
+    assert calls == [("UNet2DConditionModel", "reduce-overhead")]
+    a, b = learned(plain), learned(compiled)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

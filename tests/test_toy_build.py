@@ -15,8 +15,9 @@ def test_recipe_saves_a_loadable_fp16_pipeline_with_recommended_settings(tmp_pat
     from transformers import CLIPTokenizer
 
     cfg = build.BuildConfig(
-        num_images=64, vae_images=32, vae_steps=2, vae_batch_size=4, unet_steps=2, batch_size=4, warmup_steps=1
-    )
+        num_images=64, vae_images=32, vae_steps=2, vae_batch_size=4, text_steps=2, text_batch_size=4,
+        unet_steps=2, batch_size=4, warmup_steps=1,
+    )  # fmt: skip
     out = build.build(cfg, tmp_path / "toy")
     assert not (out / "tokenizer" / "tokenizer.json").exists()
     assert sorted(p.name for p in (out / "tokenizer").iterdir()) == sorted(build.TOKENIZER_FILES)
@@ -33,3 +34,30 @@ def test_recipe_saves_a_loadable_fp16_pipeline_with_recommended_settings(tmp_pat
     assert image.shape == (32, 32, 3)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert total <= 30 * 2**20
+
+
+def test_caption_labels_name_only_what_the_caption_says():
+    from textinv.toy import world
+
+    scene = world.Scene("star", "red", "blue", 16.0, 16.0, 22.0, 0.0, (0, 0, 0))
+    shape, red = world.SHAPES.index("star"), list(world.COLOURS).index("red")
+    blue = list(world.BACKGROUNDS).index("blue")
+    assert build.caption_labels(scene, "a red star on a blue background") == (shape, red, blue)
+    assert build.caption_labels(scene, "a photo of a star") == (shape, -100, -100)
+    assert build.caption_labels(scene, "a red star in the style of blue") == (shape, red, blue)
+    assert build.caption_labels(scene, "a painting in the style of blue") == (-100, -100, blue)
+    assert build.caption_labels(scene, "a star on blue") == (shape, -100, blue)
+
+
+def test_text_phase_learns_to_read_captions():
+    """Phase 2's loss falls fast: the encoder learns to tell shape, colour and background words apart."""
+    from transformers import CLIPTokenizer
+
+    from textinv.toy import world
+
+    cfg = build.BuildConfig(text_steps=40, text_batch_size=32, text_hidden=32, text_layers=1)
+    scenes = list(world.scenes(200, seed=1))
+    lines: list[str] = []
+    build.pretrain_text_encoder(cfg, scenes, CLIPTokenizer.from_pretrained(build.TOKENIZER_SOURCE), lines.append)
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in lines]
+    assert len(losses) == 2 and losses[-1] < 0.5 * losses[0], lines

@@ -117,6 +117,12 @@ class TrainConfig:
     enable_xformers_memory_efficient_attention: bool = _flag(
         False, "Use xFormers attention (PyTorch SDPA is used otherwise)."
     )
+    torch_compile: str = _flag(
+        "no",
+        "torch.compile the frozen UNet: 'default', 'reduce-overhead' (CUDA graphs: fewer kernel launches) "
+        "or 'max-autotune'. For GPUs; on CPU it did not pay (bench/RESULTS.md).",
+        choices=("no", "default", "reduce-overhead", "max-autotune"),
+    )
     no_safe_serialization: bool = _flag(
         False,
         "Write learned_embeds-steps-N as .bin instead of .safetensors (both finals are always written).",

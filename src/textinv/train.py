@@ -90,7 +90,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         module.requires_grad_(False)
         module.eval()
     _configure_attention_and_memory(cfg, unet, text_encoder)
-    apply_speedups(unet, text_encoder, accelerator.device)
+    apply_speedups(unet, text_encoder, accelerator.device, cfg.torch_compile)
 
     # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
     placeholder = add_placeholder_tokens(tokenizer, cfg.placeholder_token, cfg.num_vectors)

@@ -2,11 +2,13 @@
 
 Why a recipe and not just weights: the toy model must be reproducible from a seed on a laptop CPU.
 The model is a standard StableDiffusionPipeline (AutoencoderKL, UNet2DConditionModel, CLIPTextModel,
-the real CLIP tokenizer, DDIMScheduler), so nothing downstream special-cases it. Two phases:
-the VAE learns to reconstruct 32 px images (latents 4x8x8); then the UNet and the text encoder are
-trained *jointly from scratch* on captions, so that plain words ("red", "star", "on a blue background")
-and the trainer's prompt templates mean something, and a single learned token vector can stand in
-for "orange star".
+the real CLIP tokenizer, DDIMScheduler), so nothing downstream special-cases it. Three phases:
+1. the VAE learns to reconstruct 32 px images (latents 8x8x8);
+2. the text encoder, from scratch, learns to read a caption's shape, colour and background (real SD's
+   CLIP arrives pretrained; trained jointly with the UNet instead, it never told the shape words apart);
+3. the UNet learns to draw captioned latents, with the text encoder frozen (as in real SD), so that
+   plain words ("red", "star", "on a blue background") and the trainer's prompt templates mean
+   something, and a single learned token vector can stand in for "orange star".
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class BuildConfig:
     vae_kl_weight: float = 1e-6
     vae_channels: tuple[int, ...] = (16, 32, 64)  # a downsampling per extra level: 32 px -> 8x8 latents
     latent_channels: int = 8
-    unet_steps: int = 2400
+    unet_steps: int = 5000
     batch_size: int = 32
     learning_rate: float = 8e-4
     warmup_steps: int = 150
@@ -70,6 +72,10 @@ class BuildConfig:
     caption_dropout: float = 0.1
     text_hidden: int = 128
     text_layers: int = 3
+    text_steps: int = 150  # phase 2: the text encoder learns to tell the words apart (0: skip)
+    text_batch_size: int = 128
+    text_learning_rate: float = 1e-3
+    text_lr_scale: float = 0.0  # its learning rate in phase 3, relative to the UNet's (0: frozen, like real SD)
     unet_channels: tuple[int, ...] = (48, 96)
     unet_layers: int = 1
     threads: int = 2
@@ -194,6 +200,57 @@ def encode_latents(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(means), torch.cat(stds)
 
 
+def caption_labels(scene: world.Scene, caption: str) -> tuple[int, int, int]:
+    """(shape, colour, background) class indices of what `caption` states about `scene`; -100 where it is silent."""
+    words = caption.split()
+    shape = world.SHAPES.index(scene.shape) if scene.shape in words else -100
+    colour = list(world.COLOURS).index(scene.colour) if f"{scene.colour} {scene.shape}" in caption else -100
+    bg = scene.background
+    said = f"style of {bg}" in caption or f" on {bg}" in caption or f"a {bg} background" in caption
+    background = list(world.BACKGROUNDS).index(bg) if said else -100
+    return shape, colour, background
+
+
+def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer, report: Callable[[str], None]):
+    """Phase 2: the text encoder learns to read shape, colour and background out of a caption.
+
+    Why: trained jointly from scratch with the UNet, it separated colours and backgrounds but not shape
+    words (the UNet then drew the same shape for every word). Real SD's CLIP arrives pretrained; this is
+    the toy's stand-in: three linear heads on the pooled (end-of-text) output, cross-entropy, then the
+    heads are dropped and the encoder is a plain CLIPTextModel.
+    """
+    torch.manual_seed(cfg.seed + 1)
+    text_encoder = _text_encoder(cfg)
+    sizes = (len(world.SHAPES), len(world.COLOURS), len(world.BACKGROUNDS))
+    heads = torch.nn.ModuleList(torch.nn.Linear(cfg.text_hidden, n) for n in sizes)
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.text_learning_rate, weight_decay=0.0)
+    rng = random.Random(cfg.seed + 4)
+    for step in range(cfg.text_steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.text_learning_rate * min(1.0, (step + 1) / 50)
+        batch = [rng.choice(scenes) for _ in range(cfg.text_batch_size)]
+        captions = [s.caption(rng) for s in batch]
+        labels = torch.tensor([caption_labels(s, c) for s, c in zip(batch, captions, strict=True)])
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        pooled = text_encoder(ids).pooler_output
+        logits = [head(pooled) for head in heads]
+        loss = sum(F.cross_entropy(lg, labels[:, i], ignore_index=-100) for i, lg in enumerate(logits))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.text_steps - 1:
+            acc = [
+                ((lg.argmax(1) == labels[:, i]) | (labels[:, i] < 0)).float().mean().item()
+                for i, lg in enumerate(logits)
+            ]
+            rates = "/".join(f"{a:.2f}" for a in acc)
+            report(f"text step {step} loss {loss.item():.4f} accuracy shape/colour/background {rates}")
+    return text_encoder
+
+
 def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
     torch._foreach_lerp_(ema, params, 1.0 - decay)
 
@@ -209,14 +266,21 @@ def train_unet(
     snapshot: Callable | None = None,
     snapshot_every: int = 0,
 ):
-    """Jointly train the UNet and the text encoder (from scratch) on captioned latents."""
-    torch.manual_seed(cfg.seed + 1)
-    text_encoder = _text_encoder(cfg)
+    """Phase 3: train the UNet (and, if `text_lr_scale` > 0, fine-tune the text encoder) on captioned latents."""
+    text_encoder = pretrain_text_encoder(cfg, scenes, tokenizer, report)
+    torch.manual_seed(cfg.seed + 5)
     unet = _unet(cfg)
     scheduler = _scheduler()
+    text_encoder.requires_grad_(cfg.text_lr_scale > 0)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    n_unet = len(list(unet.parameters()))
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": params[:n_unet], "scale": 1.0}, {"params": params[n_unet:], "scale": cfg.text_lr_scale}],
+        lr=cfg.learning_rate,
+        weight_decay=0.0,
+        betas=(0.9, 0.99),
+    )
     rng = random.Random(cfg.seed + 2)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     started = time.time()
@@ -224,7 +288,7 @@ def train_unet(
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
         lr = cfg.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=g)
         captions = ["" if rng.random() < cfg.caption_dropout else scenes[i].caption(rng) for i in idx.tolist()]
         ids = tokenizer(
@@ -238,7 +302,8 @@ def train_unet(
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         noisy = scheduler.add_noise(latents, noise, t)
-        cond = text_encoder(ids)[0]
+        with torch.set_grad_enabled(cfg.text_lr_scale > 0):
+            cond = text_encoder(ids)[0]
         pred = unet(noisy, t, cond).sample
         loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
         opt.zero_grad(set_to_none=True)
