@@ -39,8 +39,8 @@ RECOMMENDED_SETTINGS = {
     "train": {
         "resolution": world.IMAGE_SIZE,
         "train_batch_size": 8,
-        "max_train_steps": 300,
-        "learning_rate": 5e-3,
+        "max_train_steps": 600,
+        "learning_rate": 2e-3,
         "lr_scheduler": "constant",
         "lr_warmup_steps": 0,
         "report_to": "none",
@@ -72,7 +72,7 @@ class BuildConfig:
     caption_dropout: float = 0.1
     text_hidden: int = 128
     text_layers: int = 3
-    text_steps: int = 150  # phase 2: the text encoder learns to tell the words apart (0: skip)
+    text_steps: int = 200  # phase 2: the text encoder learns to tell the words apart (0: skip)
     text_batch_size: int = 128
     text_learning_rate: float = 1e-3
     text_lr_scale: float = 0.0  # its learning rate in phase 3, relative to the UNet's (0: frozen, like real SD)
@@ -201,13 +201,19 @@ def encode_latents(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def caption_labels(scene: world.Scene, caption: str) -> tuple[int, int, int]:
-    """(shape, colour, background) class indices of what `caption` states about `scene`; -100 where it is silent."""
+    """(shape, colour, background) class indices of what `caption` says about `scene`.
+
+    An attribute the caption does not name gets its own last class, "unsaid": the encoder must tell
+    "a star" from "a red star", or the UNet cannot learn that "a star" comes in every colour (without
+    it, shape-only prompts drew mostly red or brown shapes).
+    """
     words = caption.split()
-    shape = world.SHAPES.index(scene.shape) if scene.shape in words else -100
-    colour = list(world.COLOURS).index(scene.colour) if f"{scene.colour} {scene.shape}" in caption else -100
+    colours, backgrounds = list(world.COLOURS), list(world.BACKGROUNDS)
+    shape = world.SHAPES.index(scene.shape) if scene.shape in words else len(world.SHAPES)
+    colour = colours.index(scene.colour) if f"{scene.colour} {scene.shape}" in caption else len(colours)
     bg = scene.background
     said = f"style of {bg}" in caption or f" on {bg}" in caption or f"a {bg} background" in caption
-    background = list(world.BACKGROUNDS).index(bg) if said else -100
+    background = backgrounds.index(bg) if said else len(backgrounds)
     return shape, colour, background
 
 
@@ -221,7 +227,7 @@ def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer
     """
     torch.manual_seed(cfg.seed + 1)
     text_encoder = _text_encoder(cfg)
-    sizes = (len(world.SHAPES), len(world.COLOURS), len(world.BACKGROUNDS))
+    sizes = (len(world.SHAPES) + 1, len(world.COLOURS) + 1, len(world.BACKGROUNDS) + 1)  # + "unsaid"
     heads = torch.nn.ModuleList(torch.nn.Linear(cfg.text_hidden, n) for n in sizes)
     params = list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.text_learning_rate, weight_decay=0.0)
@@ -230,22 +236,19 @@ def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer
         for group in opt.param_groups:
             group["lr"] = cfg.text_learning_rate * min(1.0, (step + 1) / 50)
         batch = [rng.choice(scenes) for _ in range(cfg.text_batch_size)]
-        captions = [s.caption(rng) for s in batch]
+        captions = ["" if rng.random() < cfg.caption_dropout else s.caption(rng) for s in batch]
         labels = torch.tensor([caption_labels(s, c) for s, c in zip(batch, captions, strict=True)])
         ids = tokenizer(
             captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
         pooled = text_encoder(ids).pooler_output
         logits = [head(pooled) for head in heads]
-        loss = sum(F.cross_entropy(lg, labels[:, i], ignore_index=-100) for i, lg in enumerate(logits))
+        loss = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == cfg.text_steps - 1:
-            acc = [
-                ((lg.argmax(1) == labels[:, i]) | (labels[:, i] < 0)).float().mean().item()
-                for i, lg in enumerate(logits)
-            ]
+            acc = [(lg.argmax(1) == labels[:, i]).float().mean().item() for i, lg in enumerate(logits)]
             rates = "/".join(f"{a:.2f}" for a in acc)
             report(f"text step {step} loss {loss.item():.4f} accuracy shape/colour/background {rates}")
     return text_encoder
