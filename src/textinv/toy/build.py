@@ -75,7 +75,6 @@ class BuildConfig:
     text_steps: int = 200  # phase 2: the text encoder learns to tell the words apart (0: skip)
     text_batch_size: int = 128
     text_learning_rate: float = 1e-3
-    text_lr_scale: float = 0.0  # its learning rate in phase 3, relative to the UNet's (0: frozen, like real SD)
     unet_channels: tuple[int, ...] = (48, 96)
     unet_layers: int = 1
     threads: int = 2
@@ -200,6 +199,12 @@ def encode_latents(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(means), torch.cat(stds)
 
 
+def _token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 def caption_labels(scene: world.Scene, caption: str) -> tuple[int, int, int]:
     """(shape, colour, background) class indices of what `caption` says about `scene`.
 
@@ -238,10 +243,7 @@ def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer
         batch = [rng.choice(scenes) for _ in range(cfg.text_batch_size)]
         captions = ["" if rng.random() < cfg.caption_dropout else s.caption(rng) for s in batch]
         labels = torch.tensor([caption_labels(s, c) for s, c in zip(batch, captions, strict=True)])
-        ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        pooled = text_encoder(ids).pooler_output
+        pooled = text_encoder(_token_ids(tokenizer, captions)).pooler_output
         logits = [head(pooled) for head in heads]
         loss = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
         opt.zero_grad(set_to_none=True)
@@ -251,7 +253,7 @@ def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer
             acc = [(lg.argmax(1) == labels[:, i]).float().mean().item() for i, lg in enumerate(logits)]
             rates = "/".join(f"{a:.2f}" for a in acc)
             report(f"text step {step} loss {loss.item():.4f} accuracy shape/colour/background {rates}")
-    return text_encoder
+    return text_encoder.requires_grad_(False).eval()
 
 
 def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
@@ -265,25 +267,18 @@ def train_unet(
     stds: torch.Tensor,
     scaling: float,
     tokenizer,
+    text_encoder,
     report: Callable[[str], None],
     snapshot: Callable | None = None,
     snapshot_every: int = 0,
 ):
-    """Phase 3: train the UNet (and, if `text_lr_scale` > 0, fine-tune the text encoder) on captioned latents."""
-    text_encoder = pretrain_text_encoder(cfg, scenes, tokenizer, report)
+    """Phase 3: train the UNet on captioned latents, conditioned by the frozen text encoder of phase 2."""
     torch.manual_seed(cfg.seed + 5)
     unet = _unet(cfg)
     scheduler = _scheduler()
-    text_encoder.requires_grad_(cfg.text_lr_scale > 0)
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
-    n_unet = len(list(unet.parameters()))
+    params = list(unet.parameters())
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(
-        [{"params": params[:n_unet], "scale": 1.0}, {"params": params[n_unet:], "scale": cfg.text_lr_scale}],
-        lr=cfg.learning_rate,
-        weight_decay=0.0,
-        betas=(0.9, 0.99),
-    )
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.99))
     rng = random.Random(cfg.seed + 2)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     started = time.time()
@@ -291,22 +286,15 @@ def train_unet(
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
         lr = cfg.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
         for group in opt.param_groups:
-            group["lr"] = lr * group["scale"]
+            group["lr"] = lr
         idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=g)
         captions = ["" if rng.random() < cfg.caption_dropout else scenes[i].caption(rng) for i in idx.tolist()]
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scaling
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         noisy = scheduler.add_noise(latents, noise, t)
-        with torch.set_grad_enabled(cfg.text_lr_scale > 0):
-            cond = text_encoder(ids)[0]
+        with torch.no_grad():
+            cond = text_encoder(_token_ids(tokenizer, captions))[0]
         pred = unet(noisy, t, cond).sample
         loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
         opt.zero_grad(set_to_none=True)
@@ -328,7 +316,7 @@ def train_unet(
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    return unet.eval(), text_encoder.eval(), scheduler
+    return unet.eval(), scheduler
 
 
 def _cached_vae(cfg: BuildConfig, pixels: torch.Tensor, cache_dir: Path | None, report):
@@ -395,8 +383,9 @@ def build(
         save_pipeline(copy.deepcopy(assemble(unet, text_encoder, scheduler)), Path(f"{out}-step{step}"))
         report(f"snapshot saved to {out}-step{step}")
 
-    unet, text_encoder, scheduler = train_unet(
-        cfg, scenes, means, stds, scaling, tokenizer, report, snapshot, snapshot_every
+    text_encoder = pretrain_text_encoder(cfg, scenes, tokenizer, report)
+    unet, scheduler = train_unet(
+        cfg, scenes, means, stds, scaling, tokenizer, text_encoder, report, snapshot, snapshot_every
     )
     save_pipeline(assemble(unet, text_encoder, scheduler), out)
     (out / "textinv.json").write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
