@@ -136,3 +136,180 @@ def test_torch_compile_flag_compiles_the_unet_and_learns_the_same(sd1_model, con
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+class _RecordsKernels(torch.autograd.Function):
+    """Identity whose forward and backward note whether oneDNN convolutions were enabled when they ran."""
+
+    seen: list[tuple[str, bool]] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        _RecordsKernels.seen.append(("forward", torch._C._get_mkldnn_enabled()))
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _RecordsKernels.seen.append(("backward", torch._C._get_mkldnn_enabled()))
+        return grad
+
+
+def test_cpu_conv_kernels_switch_covers_the_backward_and_is_restored():
+    from textinv.speed import cpu_conv_kernels
+
+    before = torch._C._get_mkldnn_enabled()
+    _RecordsKernels.seen.clear()
+    x = torch.ones(3, requires_grad=True)
+    with cpu_conv_kernels("native"):
+        _RecordsKernels.apply(x).sum().backward()
+    assert _RecordsKernels.seen == [("forward", False), ("backward", False)]
+    assert torch._C._get_mkldnn_enabled() == before
+    with pytest.raises(RuntimeError), cpu_conv_kernels("native"):
+        raise RuntimeError("boom")
+    assert torch._C._get_mkldnn_enabled() == before
+    with cpu_conv_kernels("onednn"):
+        assert torch._C._get_mkldnn_enabled() == before
+
+
+def test_native_and_onednn_convolutions_agree():
+    """The two kernel sets compute the same forward and input gradient (only the summation order differs)."""
+    from textinv.speed import cpu_conv_kernels
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, 3, 3) * 0.05
+    x0 = torch.randn(2, 32, 16, 16)
+    results = {}
+    for kernels in ("onednn", "native"):
+        x = x0.clone().requires_grad_(True)
+        with cpu_conv_kernels(kernels):
+            y = torch.nn.functional.conv2d(x, weight, padding=1)
+            (y * y).sum().backward()
+        results[kernels] = (y.detach(), x.grad)
+    torch.testing.assert_close(results["onednn"][0], results["native"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["onednn"][1], results["native"][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("native_s", "onednn_s", "expected"), [(0.02, 0.05, "native"), (0.05, 0.02, "onednn")])
+def test_pick_cpu_conv_keeps_the_faster_kernels(native_s, onednn_s, expected):
+    import time
+
+    from textinv.speed import pick_cpu_conv
+
+    calls = []
+
+    def step():  # a "step" whose cost depends on which kernels are switched on
+        native = not torch._C._get_mkldnn_enabled()
+        calls.append(native)
+        time.sleep(native_s if native else onednn_s)
+
+    choice, seconds = pick_cpu_conv(step, repeats=2)
+    assert choice == expected
+    assert calls == [False, True, False, True]  # interleaved, each set twice
+    assert seconds["native"] == pytest.approx(native_s, abs=0.015)
+    assert seconds["onednn"] == pytest.approx(onednn_s, abs=0.015)
+
+
+def test_pick_cpu_conv_keeps_onednn_on_a_near_tie():
+    import time
+
+    from textinv.speed import pick_cpu_conv
+
+    def step():
+        time.sleep(0.030 if torch._C._get_mkldnn_enabled() else 0.029)
+
+    assert pick_cpu_conv(step)[0] == "onednn"
+
+
+def test_cpu_conv_auto_times_both_records_the_choice_and_resume_keeps_it(sd1_model, concept_dir, tmp_path, monkeypatch):
+    """`--cpu_conv auto` times the first batch with both kernel sets before training, logs the choice, runs
+    every training step's forward and backward with it, stores it in checkpoints, and a resumed run reuses it
+    without timing again. An explicit `--cpu_conv` is never second-guessed."""
+    import json
+
+    from helpers import run_cli, train_args
+
+    import textinv.speed
+    import textinv.train
+
+    picks = []
+
+    def pick_native(run_step, repeats=2):
+        run_step()  # the probe must be a real forward + backward that leaves no gradient behind
+        picks.append("timed")
+        return "native", {"onednn": 2.0, "native": 1.0}
+
+    seen = []
+    real_loss = textinv.train._diffusion_loss
+
+    def loss_noting_kernels(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        seen.append(("forward", torch._C._get_mkldnn_enabled()))
+        loss.register_hook(lambda g: seen.append(("backward", torch._C._get_mkldnn_enabled())))
+        return loss
+
+    monkeypatch.setattr(textinv.speed, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_native)
+    monkeypatch.setattr(textinv.train, "_diffusion_loss", loss_noting_kernels)
+    out = tmp_path / "auto"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
+    assert picks == ["timed"]
+    # The probe step (inside the patched picker: kernels as they were), then two training steps on native.
+    assert seen[2:] == [("forward", False), ("backward", False)] * 2
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert state["cpu_conv"] == "native"
+
+    seen.clear()
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
+    assert picks == ["timed"], "a resumed run must not time again"
+    assert seen == [("forward", False), ("backward", False)]
+
+    seen.clear()
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "pinned", "--cpu_conv", "onednn", steps=1)) == 0
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
+
+    seen.clear()  # a run too short to win back the timing keeps oneDNN without timing
+    monkeypatch.setattr(textinv.speed, "AUTO_MIN_STEPS", 20)
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "short", steps=1)) == 0
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+from textinv.speed import limit_heap_fragmentation
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+libc.mallinfo2.restype = Info
+def mapped_blocks_for_8mib():
+    libc.free(libc.malloc(16 << 20))  # freeing a mapped block raises glibc's dynamic threshold to 16 MiB
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(8 << 20)
+    mapped = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return mapped
+applied = limit_heap_fragmentation() if sys.argv[1] == "apply" else None
+print(applied, mapped_blocks_for_8mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tunes glibc's allocator; a no-op elsewhere")
+def test_limit_heap_fragmentation_maps_large_blocks_of_their_own():
+    """After the call an 8 MiB block gets its own mapping, even once glibc's dynamic threshold has risen past
+    it, where glibc would otherwise carve it from the heap; a user's MALLOC_MMAP_THRESHOLD_ wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def probe(mode: str) -> list[str]:
+        cmd = [sys.executable, "-c", _HEAP_PROBE, mode]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert probe("plain") == ["None", "0"]
+    assert probe("apply") == ["True", "1"]
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    assert probe("apply")[0] == "False"

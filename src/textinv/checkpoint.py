@@ -39,6 +39,8 @@ class TrainingState:
     embedding_dim: int
     samples_seen: int
     base_model: str
+    # The CPU convolution kernels `--cpu_conv auto` chose, so a resumed run keeps them ("" if none).
+    cpu_conv: str = ""
 
 
 def save_checkpoint(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from textinv import checkpoint as ckpt
+from textinv import speed
 from textinv.config import TrainConfig
 from textinv.data import (
     SampleStream,
@@ -34,7 +35,7 @@ from textinv.errors import TextinvError, TrainingDiverged
 from textinv.hub import push_output_dir, write_model_card
 from textinv.models import load_pipeline, model_defaults, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
-from textinv.speed import apply_speedups
+from textinv.speed import apply_speedups, cpu_conv_kernels, limit_heap_fragmentation, pick_cpu_conv
 from textinv.tokens import (
     add_placeholder_tokens,
     bake_placeholder_rows,
@@ -68,6 +69,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         ckpt.remove_interrupted_writes(output_dir)
     accelerator.wait_for_everyone()
+    if device.type == "cpu":
+        limit_heap_fragmentation()
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -147,8 +150,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 5. Resume: rows, optimiser, schedule and the sampling counter.
     seed, global_step, samples_seen = _initial_seed(cfg, accelerator), 0, 0
+    resume_state = None
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from)
+        resume_state = state.state
         _check_resume_compatible(state.state, cfg, dim, resume_from)
         with torch.no_grad():
             new_rows.rows.copy_(state.rows.to(device))
@@ -193,6 +198,24 @@ def train(cfg: TrainConfig) -> TrainResult:
             lr,
         )
 
+    training_state.cpu_conv = conv_kernels = _choose_cpu_conv(
+        cfg,
+        accelerator,
+        resume_state.cpu_conv if resume_state else "",
+        total_steps - global_step,
+        lambda: _probe_step(
+            stream.draw(range(per_process)),
+            posteriors,
+            template_ids,
+            text_encoder,
+            unet,
+            noise_scheduler,
+            device,
+            weight_dtype,
+            new_rows.rows,
+        ),
+    )
+
     # 6. The loop.
     from tqdm.auto import tqdm
 
@@ -204,10 +227,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         for micro in range(accum):
             first = samples_seen + micro * global_batch + accelerator.process_index * per_process
             draws = stream.draw(range(first, first + per_process))
-            loss = _diffusion_loss(
-                draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
-            )
-            accelerator.backward(loss / accum)
+            with cpu_conv_kernels(conv_kernels):
+                loss = _diffusion_loss(
+                    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+                )
+                accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
         step_loss = accelerator.reduce(step_loss, "mean")
         loss_value = float(step_loss)
@@ -306,6 +330,41 @@ def _diffusion_loss(draws, posteriors, template_ids, text_encoder, unet, noise_s
     else:
         raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def _probe_step(draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, rows):
+    """One forward + backward of a real batch whose gradient is thrown away: what `--cpu_conv auto` times."""
+    _diffusion_loss(
+        draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+    ).backward()
+    rows.grad = None
+
+
+def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
+    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`speed.pick_cpu_conv`).
+
+    Only the main process times; every process uses its choice, so they all run the same kernels.
+    """
+    if accelerator.device.type != "cpu" or cfg.cpu_conv != "auto":
+        return cfg.cpu_conv if accelerator.device.type == "cpu" else "onednn"
+    if resumed:
+        return resumed
+    if steps_left < speed.AUTO_MIN_STEPS:
+        return "onednn"
+    choice = ["onednn"]
+    if accelerator.is_main_process:
+        choice[0], seconds = pick_cpu_conv(probe)
+        log.info(
+            "CPU convolutions: oneDNN %.2f s, native %.2f s per step; using %s (--cpu_conv sets it)",
+            seconds["onednn"],
+            seconds["native"],
+            choice[0],
+        )
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(choice)
+    return choice[0]
 
 
 def _make_accelerator(cfg: TrainConfig, output_dir: Path):
