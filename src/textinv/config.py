@@ -126,7 +126,7 @@ class TrainConfig:
     cpu_conv: str = _flag(
         "auto",
         "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time one step "
-        "with each before training, keep the faster; native was 1.4x faster for SD-1.5 at 256 px on a 2-core "
+        "with each before training, keep the faster; native was 1.1x faster per step for SD-1.5 at 256 px on a 2-core "
         "AMD EPYC). Same maths; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
