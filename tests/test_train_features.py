@@ -238,3 +238,43 @@ def test_diffusers_resume_at_max_steps_quirk_is_matched(sd1_model, concept_dir, 
     assert {x for x in (p.name for p in out.iterdir()) if "checkpoint" in x} == {"checkpoint-1", "checkpoint-2"}
     assert run_cli(base + ["--resume_from_checkpoint=checkpoint-2", "--checkpoints_total_limit=2"]) == 0
     assert {x for x in (p.name for p in out.iterdir()) if "checkpoint" in x} == {"checkpoint-2", "checkpoint-3"}
+
+
+def test_model_recommended_settings_can_differ_per_learnable_property(sd1_model, concept_dir, tmp_path, monkeypatch):
+    """A model's textinv.json may recommend other settings for style concepts than for objects (the toy
+    model does: a style needs a higher learning rate); flags the user gives still win."""
+    import json
+    import shutil
+
+    import textinv.models
+
+    toy = tmp_path / "toy-model"
+    shutil.copytree(sd1_model, toy)
+    train = {
+        "resolution": 32,
+        "train_batch_size": 2,
+        "max_train_steps": 2,
+        "learning_rate": 1e-3,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "report_to": "none",
+        "checkpointing_steps": 1,
+        "by_property": {"style": {"learning_rate": 7e-3, "max_train_steps": 3}},
+    }
+    (toy / "textinv.json").write_text(json.dumps({"train": train}))
+    monkeypatch.setattr(textinv.models, "TOY_MODEL_DIR", toy)
+    source = textinv.models.resolve_model_source(None)
+    assert textinv.models.model_defaults(source, "train")["learning_rate"] == 1e-3
+    assert "by_property" not in textinv.models.model_defaults(source, "train", "style")
+
+    def run(out, *extra):
+        args = ["train", "--train_data_dir", str(concept_dir), "--placeholder_token", "<c>"]
+        args += ["--initializer_token", "toy", "--seed", "0", "--output_dir", str(out), *extra]
+        assert run_cli(args) == 0
+        last = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+        scheduler = torch.load(last / "scheduler.pt", weights_only=True)
+        return int(last.name.split("-")[1]), scheduler["base_lrs"][0]
+
+    assert run(tmp_path / "object") == (2, 1e-3)
+    assert run(tmp_path / "style", "--learnable_property", "style") == (3, 7e-3)
+    assert run(tmp_path / "mine", "--learnable_property", "style", "--learning_rate", "2e-3") == (3, 2e-3)

@@ -83,8 +83,12 @@ def snapshot_dir(source: ModelSource, revision: str | None = None) -> Path | Non
     return None
 
 
-def model_defaults(source: ModelSource, section: str) -> dict[str, Any]:
-    """The model's recommended settings for `section` ("train" or "generate"), or {}."""
+def model_defaults(source: ModelSource, section: str, learnable_property: str | None = None) -> dict[str, Any]:
+    """The model's recommended settings for `section` ("train" or "generate"), or {}.
+
+    A section may hold per-property overrides, `"by_property": {"style": {...}}`: a style concept
+    may want other settings than an object on the same model. They apply for `learnable_property`.
+    """
     folder = snapshot_dir(source)
     if folder is None or not (folder / DEFAULTS_FILE).is_file():
         return {}
@@ -92,7 +96,11 @@ def model_defaults(source: ModelSource, section: str) -> dict[str, Any]:
         data = json.loads((folder / DEFAULTS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TextinvError(f"{folder / DEFAULTS_FILE} is not valid JSON ({exc}); fix or delete it") from exc
-    return dict(data.get(section, {}))
+    settings = dict(data.get(section, {}))
+    by_property = settings.pop("by_property", {})
+    if learnable_property is not None:
+        settings.update(by_property.get(learnable_property, {}))
+    return settings
 
 
 def load_pipeline(

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "textinv: no --pretrained_model_name_or_path given; using the embedded toy model (%s)",
             source.path_or_id,
         )
-    recommended = model_defaults(source, "train")
+    recommended = model_defaults(source, "train", given.get("learnable_property", "object"))
     cfg = build_config(given, recommended)
     result = train(cfg)
     log.info("textinv: saved %s (step %d, loss %.4f)", result.embedding_path, result.global_step, result.final_loss)

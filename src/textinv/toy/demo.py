@@ -68,7 +68,7 @@ def learn(
         **({"pretrained_model_name_or_path": model} if model else {}),
         **overrides,
     }
-    return train(build_config(given, model_defaults(resolve_model_source(model), "train")))
+    return train(build_config(given, model_defaults(resolve_model_source(model), "train", learnable_property)))
 
 
 def toy_pipeline(model: str | None = None):
