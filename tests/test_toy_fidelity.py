@@ -17,16 +17,17 @@ N = 32
 def test_textual_inversion_learns_the_bundled_object_concept(tmp_path):
     emb = tmp_path / "embedding"
     train = ["train", "--train_data_dir", REPO / "examples" / "orange-star", "--placeholder_token", "<my-star>"]
-    assert run_cli([*train, "--initializer_token", "star", "--output_dir", emb]) == 0
+    assert run_cli([*train, "--initializer_token", "star", "--seed", "0", "--output_dir", emb]) == 0
     generate = ["generate", "-n", N, "--quiet"]
     assert run_cli([*generate, "a photo of a <my-star>", "--out", tmp_path / "learned", "--concept", emb]) == 0
     assert run_cli([*generate, "a photo of a star", "--out", tmp_path / "initializer"]) == 0
     learned = judge.score_folder(tmp_path / "learned", "orange star")
     initializer = judge.score_folder(tmp_path / "initializer", "orange star")
     assert learned["n"] == initializer["n"] == N
-    # Issue 3 asks for >= 80 %: bench/toy_targets.py measured 84 %, but the same command measured 75 % in
-    # a fresh CI venv (float summation order changes the 600-step trajectory), so the suite asserts a
-    # margin below the target; before the current recipe this was 0 %.
+    # Issue 3 asks for >= 80 %. Over training seeds the bundled star scores 69-84 % at the shipped
+    # settings (bench/toy_targets.py, README "Toy model"): the model mistakes some stars for crosses.
+    # The seed is pinned so the suite is repeatable, and the assertion keeps a margin below the target
+    # for float summation-order differences between machines; before the current recipe this was 0 %.
     assert learned["match"] >= 0.6, learned
     assert initializer["match"] <= 0.4, initializer
     assert learned["match"] - initializer["match"] >= 0.4, (learned, initializer)
