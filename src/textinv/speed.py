@@ -34,7 +34,6 @@ import torch
 
 log = logging.getLogger("textinv")
 
-CPU_CONV_CHOICES = ("auto", "onednn", "native")
 # `auto` only switches when the native kernels win clearly: both kernels do the same maths, and a
 # coin-flip between near-equal timings would make two runs of one command differ in rounding.
 NATIVE_MIN_GAIN = 0.10
