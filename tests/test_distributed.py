@@ -11,7 +11,7 @@ import torch
 from helpers import REPO, learned, train_args
 
 
-def _launch(num_processes: int, args: list[str]) -> None:
+def _launch(num_processes: int, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # On a CPU-only machine accelerate starts several processes only through its torchrun launcher
     # (`--multi_gpu`); textinv then selects the gloo CPU backend itself.
@@ -20,6 +20,7 @@ def _launch(num_processes: int, args: list[str]) -> None:
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "textinv"]
     proc = subprocess.run(cmd + [str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def _args(model, data, out, per_process_batch: int, steps: int, *extra: str) -> list[str]:
@@ -43,3 +44,16 @@ def test_two_processes_match_one_and_checkpoints_cross_over(sd1_model, concept_d
         _launch(n_proc, _args(sd1_model, concept_dir, cont, batch, 4, "--resume_from_checkpoint", "latest"))
         c = learned(cont)["<cat-toy>"]
         assert torch.allclose(a, c, rtol=1e-5, atol=1e-6), (src.name, (a - c).abs().max())
+
+
+def test_two_processes_share_the_timed_cpu_convolution_choice(sd1_model, concept_dir, tmp_path):
+    """With `--cpu_conv auto` only the main process times the kernels and the others wait for its choice
+    (a broadcast over gloo): the run completes, times once and records the choice in its checkpoints."""
+    import json
+
+    out = tmp_path / "auto"
+    proc = _launch(2, _args(sd1_model, concept_dir, out, 1, 20, "--cpu_conv", "auto"))
+    assert proc.stderr.count("CPU convolutions:") == 1, proc.stderr[-3000:]
+    state = json.loads((out / "checkpoint-20" / "training_state.json").read_text())
+    assert state["cpu_conv"] in ("onednn", "native")
+    assert learned(out)["<cat-toy>"].isfinite().all()
