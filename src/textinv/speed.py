@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 import torch
-
-log = logging.getLogger("textinv")
 
 # `auto` only switches when the native kernels win clearly: both kernels do the same maths, and a
 # coin-flip between near-equal timings would make two runs of one command differ in rounding.

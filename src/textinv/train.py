@@ -198,22 +198,18 @@ def train(cfg: TrainConfig) -> TrainResult:
             lr,
         )
 
+    def loss_of(draws):
+        return _diffusion_loss(
+            draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+        )
+
+    first_draws = stream.draw(range(per_process))
     training_state.cpu_conv = conv_kernels = _choose_cpu_conv(
         cfg,
         accelerator,
         resume_state.cpu_conv if resume_state else "",
         total_steps - global_step,
-        lambda: _probe_step(
-            stream.draw(range(per_process)),
-            posteriors,
-            template_ids,
-            text_encoder,
-            unet,
-            noise_scheduler,
-            device,
-            weight_dtype,
-            new_rows.rows,
-        ),
+        lambda: _probe_step(loss_of, first_draws, new_rows.rows),
     )
 
     # 6. The loop.
@@ -228,9 +224,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             first = samples_seen + micro * global_batch + accelerator.process_index * per_process
             draws = stream.draw(range(first, first + per_process))
             with cpu_conv_kernels(conv_kernels):
-                loss = _diffusion_loss(
-                    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
-                )
+                loss = loss_of(draws)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
         step_loss = accelerator.reduce(step_loss, "mean")
@@ -332,11 +326,9 @@ def _diffusion_loss(draws, posteriors, template_ids, text_encoder, unet, noise_s
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
-def _probe_step(draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, rows):
+def _probe_step(loss_of, draws, rows) -> None:
     """One forward + backward of a real batch whose gradient is thrown away: what `--cpu_conv auto` times."""
-    _diffusion_loss(
-        draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
-    ).backward()
+    loss_of(draws).backward()
     rows.grad = None
 
 
@@ -345,8 +337,10 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: in
 
     Only the main process times; every process uses its choice, so they all run the same kernels.
     """
-    if accelerator.device.type != "cpu" or cfg.cpu_conv != "auto":
-        return cfg.cpu_conv if accelerator.device.type == "cpu" else "onednn"
+    if accelerator.device.type != "cpu":
+        return "onednn"  # the switch only concerns CPU kernels; a no-op elsewhere
+    if cfg.cpu_conv != "auto":
+        return cfg.cpu_conv
     if resumed:
         return resumed
     if steps_left < speed.AUTO_MIN_STEPS:

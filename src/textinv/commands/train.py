@@ -7,7 +7,7 @@ import logging
 import types
 import typing
 
-from textinv.config import build_config, config_fields
+from textinv.config import TrainConfig, build_config, config_fields
 
 log = logging.getLogger("textinv")
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "textinv: no --pretrained_model_name_or_path given; using the embedded toy model (%s)",
             source.path_or_id,
         )
-    recommended = model_defaults(source, "train", given.get("learnable_property", "object"))
+    recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
     cfg = build_config(given, recommended)
     result = train(cfg)
     log.info("textinv: saved %s (step %d, loss %.4f)", result.embedding_path, result.global_step, result.final_loss)
