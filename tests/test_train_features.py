@@ -278,3 +278,18 @@ def test_model_recommended_settings_can_differ_per_learnable_property(sd1_model,
     assert run(tmp_path / "object") == (2, 1e-3)
     assert run(tmp_path / "style", "--learnable_property", "style") == (3, 7e-3)
     assert run(tmp_path / "mine", "--learnable_property", "style", "--learning_rate", "2e-3") == (3, 2e-3)
+
+
+def test_a_malformed_by_property_section_is_a_one_line_error(sd1_model, concept_dir, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(sd1_model, model)
+    (model / "textinv.json").write_text(json.dumps({"train": {"by_property": {"style": 0.01}}}))
+    args = ["train", "--pretrained_model_name_or_path", model, "--train_data_dir", concept_dir]
+    args += ["--placeholder_token", "<c>", "--initializer_token", "toy", "--output_dir", tmp_path / "out"]
+    done = run_subprocess(args)
+    assert done.returncode != 0
+    assert "by_property" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -98,6 +98,11 @@ def model_defaults(source: ModelSource, section: str, learnable_property: str | 
         raise TextinvError(f"{folder / DEFAULTS_FILE} is not valid JSON ({exc}); fix or delete it") from exc
     settings = dict(data.get(section, {}))
     by_property = settings.pop("by_property", {})
+    if not (isinstance(by_property, dict) and all(isinstance(v, dict) for v in by_property.values())):
+        raise TextinvError(
+            f'{folder / DEFAULTS_FILE}: "{section}.by_property" must map a property to settings, '
+            'e.g. {"style": {"learning_rate": 0.01}}; fix or delete it'
+        )
     if learnable_property is not None:
         settings.update(by_property.get(learnable_property, {}))
     return settings
