@@ -8,13 +8,15 @@ For each object concept: `textinv toy images CONCEPT -n 5`, then `textinv train`
 - "a photo of a SHAPE"          (initializer word alone)    target <= 40 %
 - "a <x> on a blue background"  shape+colour and blue       target >= 70 % each
 
-and for the bundled style (examples/checkered-style, `--learnable_property style`):
-- "a circle in the style of <s>" shows the checkered background   target >= 70 %
+and for the bundled style (examples/checkered-style, `--learnable_property style`), or for fresh
+style sets of other backgrounds (`textinv toy images BACKGROUND -n 5`, with `--style NAME`):
+- "a circle in the style of <s>" shows that background            target >= 70 %
 
 Usage:
     python bench/toy_targets.py                              # the bundled orange star + the style
     python bench/toy_targets.py --random 3 --seed 7          # 3 concepts picked at random from the world
     python bench/toy_targets.py --concept "green heart" --no-style
+    python bench/toy_targets.py --no-bundled --style striped --style black   # styles only
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
     return {"concept": concept, "train_s": seconds, "learned": learned, "initializer": initializer, "blue": blue}
 
 
-def style_row(work: Path, n: int) -> dict:
+def style_row(background: str, data: Path | None, work: Path, n: int) -> dict:
+    """Train a style on `data` (or a fresh `textinv toy images BACKGROUND` set) and score one prompt."""
+    if data is None:
+        data = work / "images"
+        run("toy", "images", background, "-n", "5", "--out", str(data))
     emb = work / "embedding"
     started = time.perf_counter()
-    run("train", "--train_data_dir", str(CHECKERED), "--placeholder_token", "<s>", "--initializer_token", "pattern",
+    run("train", "--train_data_dir", str(data), "--placeholder_token", "<s>", "--initializer_token", "pattern",
         "--learnable_property", "style", "--output_dir", str(emb))  # fmt: skip
     seconds = time.perf_counter() - started
-    score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", "checkered")
-    return {"train_s": seconds, "score": score}
+    score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", background)
+    return {"background": background, "bundled": data == CHECKERED, "train_s": seconds, "score": score}
 
 
 def mark(ok: bool) -> str:
@@ -84,19 +90,23 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=0, help="also this many concepts picked at random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random picks")
     parser.add_argument("-n", "--num-images", type=int, default=32)
-    parser.add_argument("--no-style", action="store_true", help="skip the style concept")
+    parser.add_argument("--style", action="append", default=[], help="also a fresh style set of this background")
+    parser.add_argument("--no-style", action="store_true", help="skip the bundled style concept")
+    parser.add_argument("--no-bundled", action="store_true", help="skip the bundled object (when none is named)")
     args = parser.parse_args()
     picks = random.Random(args.seed)
     concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
     for _ in range(args.random):
         concepts.append((f"{picks.choice(list(world.COLOURS))} {picks.choice(world.SHAPES)}", None))
-    if not concepts:
+    if not concepts and not args.no_bundled:
         concepts = [("orange star", ORANGE_STAR)]
+    styles: list[tuple[str, Path | None]] = [] if args.no_style else [("checkered", CHECKERED)]
+    styles += [(name, None) for name in args.style]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (concept, data) in enumerate(concepts):
             rows.append(object_row(concept, data, Path(tmp) / f"c{i}", args.num_images))
-        style = None if args.no_style else style_row(Path(tmp) / "style", args.num_images)
+        style_rows = [style_row(b, d, Path(tmp) / f"s{i}", args.num_images) for i, (b, d) in enumerate(styles)]
     n = args.num_images
     print(f"\n{n} samples per prompt; `textinv train` and `textinv generate` at their defaults on the toy model\n")
     print("| concept | train s | learned match | initializer match | blue: match | blue: background | targets |")
@@ -110,9 +120,9 @@ def main() -> None:
             f"| {r['concept']} | {r['train_s']:.0f} | {r['learned']['match']:.0%} | {r['initializer']['match']:.0%} "
             f"| {edit} | {mark(ok)} |"
         )
-    if style:
-        got = style["score"]["background"]
-        print(f"\nstyle (examples/checkered-style): 'a circle in the style of <s>' checkered in {got:.0%} "
+    for style in style_rows:
+        got, where = style["score"]["background"], "examples/checkered-style" if style["bundled"] else "fresh set"
+        print(f"\nstyle {style['background']} ({where}): 'a circle in the style of <s>' shows it in {got:.0%} "
               f"(target 70 %: {mark(got >= 0.7)}), shape circle in {style['score']['shape']:.0%}; "
               f"train {style['train_s']:.0f} s")  # fmt: skip
 

@@ -24,10 +24,9 @@ def test_textual_inversion_learns_the_bundled_object_concept(tmp_path):
     learned = judge.score_folder(tmp_path / "learned", "orange star")
     initializer = judge.score_folder(tmp_path / "initializer", "orange star")
     assert learned["n"] == initializer["n"] == N
-    # Issue 3 asks for >= 80 %. Over training seeds the bundled star scores 75-84 % at the shipped
-    # settings (bench/toy_targets.py, README "Toy model"): the model mistakes some stars for crosses.
-    # The seed is pinned so the suite is repeatable, and the assertion keeps a margin below the target
-    # for float summation-order differences between machines; before the current recipe this was 0 %.
-    assert learned["match"] >= 0.6, learned
+    # Issue 3's targets: >= 80 % learned, <= 40 % for the initializer. Measured at the shipped settings
+    # (Min-SNR weighting, bench/toy_targets.py, README "Toy model"): 100 % at training seeds 0, 1 and 2
+    # against 6 %. The seed is pinned so the suite is repeatable.
+    assert learned["match"] >= 0.8, learned
     assert initializer["match"] <= 0.4, initializer
     assert learned["match"] - initializer["match"] >= 0.4, (learned, initializer)

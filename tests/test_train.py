@@ -73,9 +73,13 @@ def _token_id(model: Path, word: str) -> int:
     return CLIPTokenizer.from_pretrained(model / "tokenizer").encode(word, add_special_tokens=False)[0]
 
 
-@pytest.mark.parametrize("model_fixture", ["sd1_model", "sd2_model"])
-def test_learning_matches_a_straightforward_implementation(model_fixture, request, concept_dir, tmp_path):
-    """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance)."""
+@pytest.mark.parametrize(
+    "model_fixture, snr_gamma",
+    [("sd1_model", None), ("sd2_model", None), ("sd1_model", 2.0), ("sd2_model", 2.0)],
+)
+def test_learning_matches_a_straightforward_implementation(model_fixture, snr_gamma, request, concept_dir, tmp_path):
+    """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance),
+    with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2)."""
     model = request.getfixturevalue(model_fixture)
     given = dict(
         pretrained_model_name_or_path=str(model),
@@ -91,6 +95,7 @@ def test_learning_matches_a_straightforward_implementation(model_fixture, reques
         seed=3,
         report_to="none",
         num_vectors=2,
+        snr_gamma=snr_gamma,
         output_dir=str(tmp_path / "ours"),
     )
     ours = train(build_config(given))
@@ -153,7 +158,15 @@ def _reference_textual_inversion(**cfg):
             if scheduler.config.prediction_type == "epsilon"
             else scheduler.get_velocity(latents, d.noise, d.timesteps)
         )
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        if cfg["snr_gamma"] is None:
+            loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        else:  # Min-SNR-γ, straight from the paper's definitions
+            abar = scheduler.alphas_cumprod[d.timesteps]
+            snr = abar / (1 - abar)
+            extra = 1 if scheduler.config.prediction_type == "v_prediction" else 0
+            weight_t = torch.minimum(snr, torch.full_like(snr, cfg["snr_gamma"])) / (snr + extra)
+            per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+            loss = (weight_t * per_sample).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -161,6 +174,25 @@ def _reference_textual_inversion(**cfg):
             weight[keep] = original[keep]
         losses.append(float(loss))
     return losses, weight.detach()[new_ids].clone()
+
+
+def test_min_snr_weights_are_finite_on_a_zero_terminal_snr_schedule():
+    """SNR = 0 at the last timestep: ε-weights tend to 1 and v-weights to 0 there, never 0/0."""
+    from diffusers import DDIMScheduler
+
+    from textinv.train import min_snr_weights
+
+    sched = DDIMScheduler(rescale_betas_zero_snr=True, beta_schedule="scaled_linear", prediction_type="v_prediction")
+    t = torch.tensor([0, 500, 999])
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    assert snr[-1] == 0
+    eps, v = min_snr_weights(sched, t, 5.0, "epsilon"), min_snr_weights(sched, t, 5.0, "v_prediction")
+    assert torch.isfinite(eps).all() and torch.isfinite(v).all()
+    assert eps[-1] == 1 and v[-1] == 0
+    assert eps[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5)  # high SNR: capped at gamma
+    assert v[0] == pytest.approx(5.0 / (snr[0].item() + 1), rel=1e-5)
+    assert v[1] == pytest.approx(min(snr[1].item(), 5.0) / (snr[1].item() + 1), rel=1e-5)
 
 
 def test_sd2_v_prediction_trains_against_velocity(sd2_model, concept_dir, tmp_path, monkeypatch):

@@ -188,6 +188,8 @@ def test_cli_error_has_no_traceback_and_exit_code_2(tmp_path):
 def test_bad_numbers_are_refused(sd1_model, concept_dir, tmp_path, capsys):
     _fails(capsys, train_args(sd1_model, concept_dir, tmp_path / "o", "--num_vectors", "0"), "--num_vectors")
     _fails(capsys, train_args(sd1_model, concept_dir, tmp_path / "o", "--resolution", "30"), "multiple of 8")
+    args = train_args(sd1_model, concept_dir, tmp_path / "o", "--snr_gamma", "-1")
+    _fails(capsys, args, "--snr_gamma", "0 for plain MSE")
 
 
 def _real(name: str):

@@ -87,6 +87,14 @@ class TrainConfig:
     dataloader_num_workers: int = _flag(
         0, "Accepted for compatibility; images are decoded once and cached, so no workers are needed."
     )
+    snr_gamma: float | None = _flag(
+        None,
+        "Min-SNR loss weighting (Hang et al. 2023; diffusers' text-to-image scripts use the same flag): weight "
+        "each sample by min(SNR, gamma)/SNR (epsilon) or /(SNR+1) (v-prediction), so the near-pure-noise "
+        "timesteps, where a few images' layout and background dominate the loss, do not drown out their "
+        "shape. 5 is the paper's value. Default: off (plain MSE, as diffusers' textual inversion); 0 turns off "
+        "a model's recommended value.",
+    )
     adam_beta1: float = _flag(0.9, "AdamW beta1.")
     adam_beta2: float = _flag(0.999, "AdamW beta2.")
     adam_weight_decay: float = _flag(1e-2, "AdamW weight decay (applied to the new rows only).")
@@ -158,6 +166,8 @@ class TrainConfig:
             raise TextinvError("--max_train_steps must be positive (or 0 with --num_train_epochs >= 1)")
         if self.learning_rate <= 0:
             raise TextinvError(f"--learning_rate must be positive (got {self.learning_rate})")
+        if self.snr_gamma is not None and not self.snr_gamma >= 0:
+            raise TextinvError(f"--snr_gamma must be positive, or 0 for plain MSE (got {self.snr_gamma})")
         if self.lr_warmup_steps < 0:
             raise TextinvError("--lr_warmup_steps must be 0 or more")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:

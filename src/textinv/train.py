@@ -200,7 +200,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     def loss_of(draws):
         return _diffusion_loss(
-            draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype
+            draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, cfg.snr_gamma
         )
 
     first_draws = stream.draw(range(per_process))
@@ -308,8 +308,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(output_dir, global_step, loss_value, result_path, losses)
 
 
-def _diffusion_loss(draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype):
-    """MSE between the UNet's prediction and its target (ε, or v for v-prediction models)."""
+def _diffusion_loss(
+    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, snr_gamma=None
+):
+    """MSE between the UNet's prediction and its target (ε, or v for v-prediction), Min-SNR weighted on request."""
     latents = posteriors.sample(draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device))
     noise = draws.noise.to(device)
     timesteps = draws.timesteps.to(device)
@@ -323,7 +325,24 @@ def _diffusion_loss(draws, posteriors, template_ids, text_encoder, unet, noise_s
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if not snr_gamma:  # None or 0: off
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma, prediction_type)).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ loss weights: min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction.
+
+    Written as a clamp so that a zero-terminal-SNR schedule (SNR = 0 at the last timestep) gives the
+    limits 1 (ε) and 0 (v) instead of 0/0.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
+    return torch.clamp(gamma / snr, max=1.0)
 
 
 def _probe_step(loss_of, draws, rows) -> None:
