@@ -274,6 +274,31 @@ def test_cpu_conv_auto_times_both_records_the_choice_and_resume_keeps_it(sd1_mod
     assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
 
 
+def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch):
+    """A GPU run records no kernel choice; resuming its checkpoint on a CPU with `auto` then times both sets."""
+    from types import SimpleNamespace
+
+    import textinv.speed
+    import textinv.train
+    from textinv.config import TrainConfig
+
+    timed = []
+
+    def pick(probe):
+        timed.append(1)
+        return "native", {"onednn": 2.0, "native": 1.0}
+
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick)
+    cfg = TrainConfig(cpu_conv="auto")
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    assert textinv.train._choose_cpu_conv(cfg, gpu, "", 100, probe=None) == ""
+    with textinv.speed.cpu_conv_kernels(""):  # a no-op: oneDNN stays on
+        assert torch._C._get_mkldnn_enabled()
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
+    assert textinv.train._choose_cpu_conv(cfg, cpu, "", 100, probe=None) == "native"
+    assert timed == [1]
+
+
 _HEAP_PROBE = """
 import ctypes, sys
 from textinv.speed import limit_heap_fragmentation

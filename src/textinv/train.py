@@ -357,7 +357,9 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: in
     Only the main process times; every process uses its choice, so they all run the same kernels.
     """
     if accelerator.device.type != "cpu":
-        return "onednn"  # the switch only concerns CPU kernels; a no-op elsewhere
+        # The switch only concerns CPU kernels. Nothing is chosen, so a checkpoint records no choice and a
+        # run that resumes it on a CPU with `auto` times the kernels there.
+        return ""
     if cfg.cpu_conv != "auto":
         return cfg.cpu_conv
     if resumed:
