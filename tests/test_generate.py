@@ -144,3 +144,17 @@ def test_grid_tiles_row_by_row():
     assert grid.size == (3 * 4, 2 * 6)
     assert grid.getpixel((0, 0)) == colours[0] and grid.getpixel((8, 0)) == colours[2]
     assert grid.getpixel((4, 6)) == colours[4] and grid.getpixel((8, 6)) == (255, 255, 255)
+
+
+def test_pipelines_load_in_the_asked_dtype_without_diffusers_deprecation_warnings(sd1_model):
+    """Loading passes the dtype under the keyword this diffusers takes (`dtype` since it deprecated
+    `torch_dtype`), so users see no deprecation warning from our own calls."""
+    import warnings
+
+    from textinv.models import load_pipeline, resolve_model_source
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_pipeline(resolve_model_source(str(sd1_model)), torch_dtype=torch.float16)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float16
+    assert not [w for w in caught if "torch_dtype" in str(w.message)], [str(w.message) for w in caught]

@@ -108,6 +108,17 @@ def model_defaults(source: ModelSource, section: str, learnable_property: str | 
     return settings
 
 
+def _dtype_keyword() -> str:
+    """`dtype` where diffusers takes it (it deprecated `torch_dtype` in 2026, after transformers), else `torch_dtype`.
+
+    Feature-tested rather than version-tested: the release that added it resolves the old name through
+    `_resolve_dtype`; older releases (down to our lower bound) know only `torch_dtype`.
+    """
+    import diffusers.utils
+
+    return "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
+
+
 def load_pipeline(
     source: ModelSource,
     *,
@@ -118,7 +129,7 @@ def load_pipeline(
     """Load a StableDiffusionPipeline (or XL) from any source, offline-first, with one-line errors."""
     import diffusers
 
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
+    kwargs: dict[str, Any] = {_dtype_keyword(): torch_dtype}
     try:
         if source.kind == "single_file":
             cls = diffusers.StableDiffusionPipeline
