@@ -55,7 +55,8 @@ def cpu_conv_kernels(kernels: str) -> Iterator[None]:
     """Run what happens inside (forward and backward) on oneDNN's or PyTorch's native CPU convolutions.
 
     PyTorch picks the convolution backend per call, in the backward too, from one global switch, so the
-    switch must cover the `backward()` call as well as the forward. A no-op for "onednn" and on GPUs.
+    switch must cover the `backward()` call as well as the forward. A no-op for anything but "native":
+    "onednn", and "" (no choice made, as off CPU).
     """
     if kernels != "native":
         yield
