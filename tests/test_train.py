@@ -74,12 +74,21 @@ def _token_id(model: Path, word: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "model_fixture, snr_gamma",
-    [("sd1_model", None), ("sd2_model", None), ("sd1_model", 2.0), ("sd2_model", 2.0)],
+    "model_fixture, snr_gamma, fp8_base",
+    [
+        ("sd1_model", None, False),
+        ("sd2_model", None, False),
+        ("sd1_model", 2.0, False),
+        ("sd2_model", 2.0, False),
+        ("sd1_model", None, True),
+    ],
 )
-def test_learning_matches_a_straightforward_implementation(model_fixture, snr_gamma, request, concept_dir, tmp_path):
+def test_learning_matches_a_straightforward_implementation(
+    model_fixture, snr_gamma, fp8_base, request, concept_dir, tmp_path
+):
     """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance),
-    with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2)."""
+    with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2), and with the
+    frozen weights in fp8 (against the method run on a model whose weights were rounded the same way)."""
     model = request.getfixturevalue(model_fixture)
     given = dict(
         pretrained_model_name_or_path=str(model),
@@ -96,6 +105,7 @@ def test_learning_matches_a_straightforward_implementation(model_fixture, snr_ga
         report_to="none",
         num_vectors=2,
         snr_gamma=snr_gamma,
+        fp8_base=fp8_base,
         output_dir=str(tmp_path / "ours"),
     )
     ours = train(build_config(given))
@@ -132,6 +142,9 @@ def _reference_textual_inversion(**cfg):
     vae.requires_grad_(False)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
+    if cfg["fp8_base"]:
+        _round_to_fp8(unet)
+        _round_to_fp8(text_encoder)
     weight.requires_grad_(True)
     optimizer = torch.optim.AdamW([weight], lr=cfg["learning_rate"], weight_decay=cfg["adam_weight_decay"])
     images, _ = load_concept_images(cfg["train_data_dir"])
@@ -174,6 +187,16 @@ def _reference_textual_inversion(**cfg):
             weight[keep] = original[keep]
         losses.append(float(loss))
     return losses, weight.detach()[new_ids].clone()
+
+
+@torch.no_grad()
+def _round_to_fp8(model: torch.nn.Module) -> None:
+    """Every linear/conv weight rounded to float8_e4m3fn with one scale per output channel, max |w| -> 448."""
+    for m in model.modules():
+        if type(m) in (torch.nn.Linear, torch.nn.Conv2d):
+            scale = m.weight.flatten(1).abs().amax(1).clamp(min=1e-12) / 448.0
+            shape = (-1,) + (1,) * (m.weight.dim() - 1)
+            m.weight.copy_((m.weight / scale.view(shape)).to(torch.float8_e4m3fn).float() * scale.view(shape))
 
 
 def test_min_snr_weights_are_finite_on_a_zero_terminal_snr_schedule():

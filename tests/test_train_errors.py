@@ -217,3 +217,10 @@ def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, con
     capsys.readouterr()
     args = train_args(sd1_model, concept_dir, out, "--resume_from_checkpoint", "latest", steps=2)
     _fails(capsys, args, "sd1 (768)", "custom-32 (32)")
+
+
+def test_fp8_base_with_a_full_pipeline_save_is_refused(sd1_model, concept_dir, tmp_path, capsys):
+    """The saved pipeline would hold the fp8-rounded weights, not the user's model."""
+    args = train_args(sd1_model, concept_dir, tmp_path / "o", "--fp8_base", "--save_as_full_pipeline")
+    _fails(capsys, args, "--fp8_base", "--save_as_full_pipeline", "drop one")
+    assert not (tmp_path / "o").exists()

@@ -32,6 +32,7 @@ from textinv.data import (
 )
 from textinv.embeddings import describe_family, family_of_dims, save_diffusers_embedding
 from textinv.errors import TextinvError, TrainingDiverged
+from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
 from textinv.models import load_pipeline, model_defaults, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
@@ -93,6 +94,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         module.requires_grad_(False)
         module.eval()
     _configure_attention_and_memory(cfg, unet, text_encoder)
+    if cfg.fp8_base:
+        store_in_fp8(unet)
+        store_in_fp8(text_encoder)
     apply_speedups(unet, text_encoder, accelerator.device, cfg.torch_compile)
 
     # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
