@@ -17,12 +17,14 @@ Usage:
     python bench/toy_targets.py --random 3 --seed 7          # 3 concepts picked at random from the world
     python bench/toy_targets.py --concept "green heart" --no-style
     python bench/toy_targets.py --no-bundled --style striped --style black   # styles only
+    python bench/toy_targets.py --train-flags "--fp8_base"  # a lever's effect on fidelity (not the defaults)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,9 @@ def generate(prompt: str, out: Path, n: int, concept: Path | None = None) -> Pat
     return out
 
 
+TRAIN_FLAGS: list[str] = []  # --train-flags: appended to every `textinv train`
+
+
 def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
     """Train on `data` (or a fresh `textinv toy images` set) and score the three prompts."""
     colour, shape = world.parse_concept(concept)
@@ -56,7 +61,7 @@ def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<x>", "--initializer_token", shape,
-        "--output_dir", str(emb))  # fmt: skip
+        "--output_dir", str(emb), *TRAIN_FLAGS)  # fmt: skip
     seconds = time.perf_counter() - started
     learned = judge.score_folder(generate("a photo of a <x>", work / "learned", n, emb), concept)
     initializer = judge.score_folder(generate(f"a photo of a {shape}", work / "initializer", n), concept)
@@ -74,7 +79,7 @@ def style_row(background: str, data: Path | None, work: Path, n: int) -> dict:
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<s>", "--initializer_token", "pattern",
-        "--learnable_property", "style", "--output_dir", str(emb))  # fmt: skip
+        "--learnable_property", "style", "--output_dir", str(emb), *TRAIN_FLAGS)  # fmt: skip
     seconds = time.perf_counter() - started
     score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", background)
     return {"background": background, "bundled": data == CHECKERED, "train_s": seconds, "score": score}
@@ -93,7 +98,9 @@ def main() -> None:
     parser.add_argument("--style", action="append", default=[], help="also a fresh style set of this background")
     parser.add_argument("--no-style", action="store_true", help="skip the bundled style concept")
     parser.add_argument("--no-bundled", action="store_true", help="skip the bundled object (when none is named)")
+    parser.add_argument("--train-flags", default="", help="extra `textinv train` flags, e.g. '--fp8_base'")
     args = parser.parse_args()
+    TRAIN_FLAGS[:] = shlex.split(args.train_flags)
     picks = random.Random(args.seed)
     concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
     for _ in range(args.random):
@@ -108,7 +115,9 @@ def main() -> None:
             rows.append(object_row(concept, data, Path(tmp) / f"c{i}", args.num_images))
         style_rows = [style_row(b, d, Path(tmp) / f"s{i}", args.num_images) for i, (b, d) in enumerate(styles)]
     n = args.num_images
-    print(f"\n{n} samples per prompt; `textinv train` and `textinv generate` at their defaults on the toy model\n")
+    flags = f" + `{args.train_flags}`" if args.train_flags else ""
+    print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate` at their defaults on the toy model")
+    print()
     print("| concept | train s | learned match | initializer match | blue: match | blue: background | targets |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
