@@ -17,7 +17,7 @@ Usage:
     python bench/toy_targets.py --random 3 --seed 7          # 3 concepts picked at random from the world
     python bench/toy_targets.py --concept "green heart" --no-style
     python bench/toy_targets.py --no-bundled --style striped --style black   # styles only
-    python bench/toy_targets.py --train-flags "--fp8_base"  # a lever's effect on fidelity (not the defaults)
+    python bench/toy_targets.py --train-flags="--fp8_base"  # a lever's effect on fidelity (not the defaults)
 """
 
 from __future__ import annotations
