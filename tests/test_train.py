@@ -81,6 +81,7 @@ def _token_id(model: Path, word: str) -> int:
         ("sd1_model", 2.0, False),
         ("sd2_model", 2.0, False),
         ("sd1_model", None, True),
+        ("sd2_model", 2.0, True),
     ],
 )
 def test_learning_matches_a_straightforward_implementation(
