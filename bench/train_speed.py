@@ -328,6 +328,32 @@ def table_rows(results: list[RunResult], warmup: int, steps: int, device: str) -
     return rows
 
 
+def embedding_drift(runs_dir: Path, results: list[RunResult]) -> str:
+    """How far each trainer's learned embedding ended from textinv's of the same precision (same seed, same
+    steps), printed under the speed table. textinv run with other flags draws the same noise and timesteps,
+    so its distance is rounding (or, for --fp8_base, the rounded weights); the reference draws its own, so
+    its distance is a yardstick of run-to-run spread, not an error. Empty when there is nothing to compare."""
+    from safetensors.torch import load_file
+
+    def learned(r: RunResult):
+        path = runs_dir / f"{r.trainer}-{r.precision}" / "learned_embeds.safetensors"
+        return next(iter(load_file(str(path)).values())).float() if r.ok and path.is_file() else None
+
+    lines = []
+    for r in results:
+        base = next((b for b in results if b.trainer == "textinv" and b.precision == r.precision), None)
+        if r.trainer == "textinv" or base is None:
+            continue
+        mine, theirs = learned(r), learned(base)
+        if mine is None or theirs is None or mine.shape != theirs.shape:
+            continue
+        lines.append(
+            f"- {r.trainer} ({r.precision}): final embedding max |difference| from textinv's "
+            f"{(mine - theirs).abs().max().item():.2e} (norms {mine.norm().item():.3f} / {theirs.norm().item():.3f})"
+        )
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict], device: str) -> str:
     """A Markdown table (readable as plain text too)."""
     peak = "peak GPU mem GB" if device == "cuda" else "peak RSS GB"
@@ -510,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     rows = table_rows(results, args.warmup, args.steps, args.device)
     table = format_table(rows, args.device)
+    drift = embedding_drift(args.cache / "runs", results)
+    table += f"\n\n{drift}" if drift else ""
     print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

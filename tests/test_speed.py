@@ -338,3 +338,22 @@ def test_limit_heap_fragmentation_maps_large_blocks_of_their_own():
     assert probe("apply") == ["True", "1"]
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     assert probe("apply")[0] == "False"
+
+
+def test_embedding_drift_compares_each_trainer_with_textinv_of_the_same_precision(train_speed, tmp_path):
+    from safetensors.torch import save_file
+
+    rows = {"textinv-fp16": [1.0, 2.0], "reference-fp16": [1.0, 2.5], "textinv-bf16": [0.0, 0.0]}
+    for name, values in rows.items():
+        (tmp_path / name).mkdir()
+        save_file({"<bench-concept>": torch.tensor([values])}, str(tmp_path / name / "learned_embeds.safetensors"))
+    results = [
+        train_speed.RunResult("textinv", "fp16"),
+        train_speed.RunResult("reference", "fp16"),
+        train_speed.RunResult("textinv", "bf16"),
+        train_speed.RunResult("reference", "bf16", returncode=1),  # failed: no line
+    ]
+    text = train_speed.embedding_drift(tmp_path, results)
+    assert text.splitlines() == [
+        "- reference (fp16): final embedding max |difference| from textinv's 5.00e-01 (norms 2.693 / 2.236)"
+    ]
