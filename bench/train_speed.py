@@ -335,17 +335,15 @@ def embedding_drift(runs_dir: Path, results: list[RunResult]) -> str:
     its distance is a yardstick of run-to-run spread, not an error. Empty when there is nothing to compare."""
     from safetensors.torch import load_file
 
-    def learned(r: RunResult):
+    learned = {}
+    for r in results:
         path = runs_dir / f"{r.trainer}-{r.precision}" / "learned_embeds.safetensors"
-        return next(iter(load_file(str(path)).values())).float() if r.ok and path.is_file() else None
-
+        if r.ok and path.is_file():
+            learned[r.trainer, r.precision] = next(iter(load_file(str(path)).values())).float()
     lines = []
     for r in results:
-        base = next((b for b in results if b.trainer == "textinv" and b.precision == r.precision), None)
-        if r.trainer == "textinv" or base is None:
-            continue
-        mine, theirs = learned(r), learned(base)
-        if mine is None or theirs is None or mine.shape != theirs.shape:
+        mine, theirs = learned.get((r.trainer, r.precision)), learned.get(("textinv", r.precision))
+        if r.trainer == "textinv" or mine is None or theirs is None or mine.shape != theirs.shape:
             continue
         lines.append(
             f"- {r.trainer} ({r.precision}): final embedding max |difference| from textinv's "
