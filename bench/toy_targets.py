@@ -49,10 +49,7 @@ def generate(prompt: str, out: Path, n: int, concept: Path | None = None) -> Pat
     return out
 
 
-TRAIN_FLAGS: list[str] = []  # --train-flags: appended to every `textinv train`
-
-
-def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
+def object_row(concept: str, data: Path | None, work: Path, n: int, train_flags: list[str]) -> dict:
     """Train on `data` (or a fresh `textinv toy images` set) and score the three prompts."""
     colour, shape = world.parse_concept(concept)
     if data is None:
@@ -61,7 +58,7 @@ def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<x>", "--initializer_token", shape,
-        "--output_dir", str(emb), *TRAIN_FLAGS)  # fmt: skip
+        "--output_dir", str(emb), *train_flags)  # fmt: skip
     seconds = time.perf_counter() - started
     learned = judge.score_folder(generate("a photo of a <x>", work / "learned", n, emb), concept)
     initializer = judge.score_folder(generate(f"a photo of a {shape}", work / "initializer", n), concept)
@@ -71,7 +68,7 @@ def object_row(concept: str, data: Path | None, work: Path, n: int) -> dict:
     return {"concept": concept, "train_s": seconds, "learned": learned, "initializer": initializer, "blue": blue}
 
 
-def style_row(background: str, data: Path | None, work: Path, n: int) -> dict:
+def style_row(background: str, data: Path | None, work: Path, n: int, train_flags: list[str]) -> dict:
     """Train a style on `data` (or a fresh `textinv toy images BACKGROUND` set) and score one prompt."""
     if data is None:
         data = work / "images"
@@ -79,7 +76,7 @@ def style_row(background: str, data: Path | None, work: Path, n: int) -> dict:
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<s>", "--initializer_token", "pattern",
-        "--learnable_property", "style", "--output_dir", str(emb), *TRAIN_FLAGS)  # fmt: skip
+        "--learnable_property", "style", "--output_dir", str(emb), *train_flags)  # fmt: skip
     seconds = time.perf_counter() - started
     score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", background)
     return {"background": background, "bundled": data == CHECKERED, "train_s": seconds, "score": score}
@@ -100,7 +97,7 @@ def main() -> None:
     parser.add_argument("--no-bundled", action="store_true", help="skip the bundled object (when none is named)")
     parser.add_argument("--train-flags", default="", help="extra `textinv train` flags, e.g. '--fp8_base'")
     args = parser.parse_args()
-    TRAIN_FLAGS[:] = shlex.split(args.train_flags)
+    train_flags = shlex.split(args.train_flags)  # appended to every `textinv train`
     picks = random.Random(args.seed)
     concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
     for _ in range(args.random):
@@ -112,8 +109,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (concept, data) in enumerate(concepts):
-            rows.append(object_row(concept, data, Path(tmp) / f"c{i}", args.num_images))
-        style_rows = [style_row(b, d, Path(tmp) / f"s{i}", args.num_images) for i, (b, d) in enumerate(styles)]
+            rows.append(object_row(concept, data, Path(tmp) / f"c{i}", args.num_images, train_flags))
+        style_rows = [
+            style_row(b, d, Path(tmp) / f"s{i}", args.num_images, train_flags) for i, (b, d) in enumerate(styles)
+        ]
     n = args.num_images
     flags = f" + `{args.train_flags}`" if args.train_flags else ""
     print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate` at their defaults on the toy model")
