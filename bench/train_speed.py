@@ -14,6 +14,12 @@ message. Its `from torchvision import transforms` is served by `bench/shims/torc
     python bench/train_speed.py                          # CPU, SD-1.5-sized, 256 px, fp32
     python bench/train_speed.py --size tiny --steps 5    # seconds, for developing the bench
     python bench/train_speed.py --device cuda --precision fp16 bf16   # GPU: 512 px by default
+    python bench/train_speed.py --rounds 3               # CPU, trainers alternating, medians
+
+A shared VM's speed drifts by 10% and more within minutes, so one trainer after the other can land a
+ratio on either side of a target. `--rounds N` runs every trainer N times, reversing the order on
+every other round so that neither trainer always goes first, pairs each run with the reference of its
+own round, and reports the median over rounds with the lowest and highest round beside it.
 """
 
 from __future__ import annotations
@@ -352,6 +358,47 @@ def embedding_drift(runs_dir: Path, results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Rows of several rounds (each from `table_rows`) -> one row per trainer and precision.
+
+    Speed is the median over rounds, and so is each ratio, taken round by round (a run against the
+    reference that ran next to it), with the lowest and highest round's ratio kept as `speedup_range`.
+    Memory is the highest peak of any round. A trainer that failed in any round is reported failed.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    combined = []
+    for row in rounds[0]:
+        same = [
+            next(r for r in rows if (r["trainer"], r["precision"]) == (row["trainer"], row["precision"]))
+            for rows in rounds
+        ]
+        failed = next((r for r in same if r["error"] or r["steps_s"] is None), None)
+        if failed:
+            combined.append({**failed, "error": failed["error"] or "no steady rate in one round", "rounds": len(same)})
+            continue
+        out = {"trainer": row["trainer"], "precision": row["precision"], "rounds": len(same)}
+        out["steps_s"] = _median([r["steps_s"] for r in same])
+        out["s_step"] = 1 / out["steps_s"]
+        out["peak_gb"] = max(r["peak_gb"] for r in same)
+        out["train_rss_gb"] = max((r["train_rss_gb"] for r in same if r["train_rss_gb"] is not None), default=None)
+        out["error"] = None
+        speedups = [r["speedup"] for r in same if r["speedup"] is not None]
+        out["speedup"] = _median(speedups) if len(speedups) == len(same) else None
+        out["speedup_range"] = (min(speedups), max(speedups)) if out["speedup"] is not None else None
+        ratios = [r["mem_ratio"] for r in same if r["mem_ratio"] is not None]
+        out["mem_ratio"] = max(ratios) if len(ratios) == len(same) else None
+        out["per_round_steps_s"] = [r["steps_s"] for r in same]
+        combined.append(out)
+    return combined
+
+
 def format_table(rows: list[dict], device: str) -> str:
     """A Markdown table (readable as plain text too)."""
     peak = "peak GPU mem GB" if device == "cuda" else "peak RSS GB"
@@ -368,11 +415,19 @@ def format_table(rows: list[dict], device: str) -> str:
         if r["error"]:
             lines.append(f"| {r['trainer']} | {r['precision']} | failed: {r['error']} | | | | | |")
             continue
+        spread = r.get("speedup_range")
+        spread_text = f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread and r["trainer"] != "reference" else ""
         lines.append(
             f"| {r['trainer']} | {r['precision']} | {f(r['steps_s'], '.3f')} | {f(r['s_step'], '.2f')} | "
             f"{f(r['peak_gb'], '.2f')} | {f(r['train_rss_gb'], '.2f')} | "
-            f"{f(r['speedup'], '.2f')}{'×' if r['speedup'] else ''} | "
+            f"{f(r['speedup'], '.2f')}{'×' if r['speedup'] else ''}{spread_text} | "
             f"{f(r['mem_ratio'], '.2f')}{'×' if r['mem_ratio'] else ''} |"
+        )
+    rounds = max((r.get("rounds", 1) for r in rows), default=1)
+    if rounds > 1:
+        lines.append(
+            f"\nMedians over {rounds} rounds (trainers alternating); in brackets the lowest and highest "
+            "round's speed ratio; memory: the highest round."
         )
     return "\n".join(lines)
 
@@ -454,6 +509,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(e.g. compiled='--torch_compile reduce-overhead')",
     )
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both trainers (default: torch's own)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every trainer this many times, the order reversed every other round; report medians",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds per trainer run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -465,6 +526,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-record", action="store_true", help="print only; do not append to --results")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.resolution is None:  # the tiny VAE downsamples 2x, not 8x: 32 px gives a 16x16 latent
         args.resolution = 32 if args.size == "tiny" else 512 if args.device == "cuda" else 256
     args.precision = args.precision or (["fp16", "bf16"] if args.device == "cuda" else ["fp32"])
@@ -496,13 +559,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         env_extra["OMP_NUM_THREADS"] = str(args.threads)
     load_before = load_average()
-    results = []
+    rounds: list[list[dict]] = []
+    all_ok = True
     # The PIL-only shim stands in for torchvision only where it is missing: transformers imports
     # torchvision.io when a real torchvision is installed, and the shim has no such module.
     shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(SHIMS)]
     variants = dict(v.split("=", 1) for v in args.variant)
     flag_variants = {name: shlex.split(extra) for name, extra in (v.split("=", 1) for v in args.flags)}
     trainers[1:1] = [*variants, *flag_variants]  # after textinv, before the reference
+    for round_index in range(args.rounds):
+        results = _run_round(
+            args, trainers[:: -1 if round_index % 2 else 1], model, data, env_extra, shim, variants, flag_variants
+        )
+        all_ok = all_ok and all(r.ok for r in results)
+        rows = table_rows(results, args.warmup, args.steps, args.device)
+        if args.rounds > 1:
+            print(
+                f"train_speed: round {round_index + 1} of {args.rounds}:\n{format_table(rows, args.device)}",
+                file=sys.stderr,
+            )
+        rounds.append(
+            sorted(rows, key=lambda row: (args.precision.index(row["precision"]), trainers.index(row["trainer"])))
+        )
+    rows = combine_rounds(rounds)
+    table = format_table(rows, args.device)
+    drift = embedding_drift(args.cache / "runs", results)
+    table += f"\n\n{drift}" if drift else ""
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if not args.no_record:
+        record(args, table, load_before, load_average())
+    return 0 if all_ok else 1
+
+
+def _run_round(args, trainers, model, data, env_extra, shim, variants, flag_variants) -> list[RunResult]:
+    """Every trainer once, in the given order, for every precision."""
+    results = []
     for precision in args.precision:
         for trainer in trainers:
             out = args.cache / "runs" / f"{trainer}-{precision}"
@@ -532,16 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 tail_text = result.log_path.read_text(errors="replace")[-3000:] if result.log_path else ""
                 print(f"train_speed: {trainer} failed (exit {result.returncode}):\n{tail_text}", file=sys.stderr)
             results.append(result)
-    rows = table_rows(results, args.warmup, args.steps, args.device)
-    table = format_table(rows, args.device)
-    drift = embedding_drift(args.cache / "runs", results)
-    table += f"\n\n{drift}" if drift else ""
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    if not args.no_record:
-        record(args, table, load_before, load_average())
-    return 0 if all(r.ok for r in results) else 1
+    return results
 
 
 def record(args: argparse.Namespace, table: str, load_before: str, load_after: str) -> None:

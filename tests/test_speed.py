@@ -67,6 +67,69 @@ def test_failed_run_is_reported_not_divided(train_speed):
     assert "failed: exit 1, see ref.log" in train_speed.format_table(rows, "cpu")
 
 
+def _timed(train_speed, trainer, step_s, rss_gb, precision="fp32"):
+    times = [i * step_s for i in range(1, 6)]
+    return train_speed.RunResult(
+        trainer, precision, step_times=times, step_rss=[1], maxrss=int(rss_gb * train_speed.GIB)
+    )
+
+
+def test_rounds_report_the_median_ratio_paired_within_each_round(train_speed):
+    # Round 2 ran on a slower VM: both trainers are slower, and its own ratio is what counts.
+    round1 = [_timed(train_speed, "textinv", 2.0, 4.0), _timed(train_speed, "reference", 4.2, 8.0)]
+    round2 = [_timed(train_speed, "textinv", 3.0, 4.5), _timed(train_speed, "reference", 4.5, 8.0)]
+    round3 = [_timed(train_speed, "textinv", 2.5, 4.0), _timed(train_speed, "reference", 5.0, 8.0)]
+    rounds = [train_speed.table_rows(r, 1, 4, "cpu") for r in (round1, round2, round3)]
+    textinv, reference = train_speed.combine_rounds(rounds)
+    assert textinv["speedup"] == pytest.approx(2.0)  # median of 2.1, 1.5 and 2.0 (not their mean)
+    assert textinv["speedup_range"] == pytest.approx((1.5, 2.1))
+    assert textinv["steps_s"] == pytest.approx(1 / 2.5)  # median speed
+    assert textinv["peak_gb"] == pytest.approx(4.5)  # memory: the highest round
+    assert textinv["mem_ratio"] == pytest.approx(4.5 / 8.0)
+    assert reference["speedup"] == pytest.approx(1.0)
+    table = train_speed.format_table([textinv, reference], "cpu")
+    assert "2.00× (1.50–2.10)" in table
+    assert "Medians over 3 rounds" in table
+    assert train_speed.combine_rounds(rounds[:1]) == rounds[0]
+
+
+def test_a_trainer_failing_in_any_round_is_reported_failed(train_speed):
+    ok = [_timed(train_speed, "textinv", 2.0, 4.0), _timed(train_speed, "reference", 4.0, 8.0)]
+    failed = [
+        _timed(train_speed, "textinv", 2.0, 4.0),
+        train_speed.RunResult("reference", "fp32", returncode=1, log_path=Path("ref.log")),
+    ]
+    rows = train_speed.combine_rounds([train_speed.table_rows(r, 1, 4, "cpu") for r in (ok, failed)])
+    assert rows[1]["error"] == "exit 1, see ref.log"
+    assert rows[0]["speedup"] is None
+    assert "failed: exit 1, see ref.log" in train_speed.format_table(rows, "cpu")
+
+
+def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tmp_path, capsys):
+    orders = []
+
+    def fake_round(args, trainers, *rest):
+        orders.append(list(trainers))
+        speed = {"textinv": 2.0, "reference": 4.0 + len(orders) / 10}
+        return [_timed(train_speed, t, speed[t], 1.0) for t in trainers]
+
+    monkeypatch.setattr(train_speed, "build_pipeline", lambda size, out: tmp_path / "model")
+    monkeypatch.setattr(train_speed, "write_concept_images", lambda folder: tmp_path / "concept")
+    monkeypatch.setattr(train_speed, "_run_round", fake_round)
+    reference = tmp_path / "textual_inversion.py"
+    reference.write_text("")
+    argv = ["--rounds", "3", "--warmup", "1", "--steps", "4", "--no-record", "--cache", str(tmp_path)]
+    argv += ["--reference", str(reference)]
+    assert train_speed.main(argv) == 0
+    assert orders == [["textinv", "reference"], ["reference", "textinv"], ["textinv", "reference"]]
+    assert "2.10× (2.05–2.15)" in capsys.readouterr().out
+
+
+def test_rounds_must_be_positive(train_speed):
+    with pytest.raises(SystemExit):
+        train_speed.parse_args(["--rounds", "0"])
+
+
 def test_torchvision_shim_reaches_only_the_timed_script(tmp_path):
     """The reference script gets the shim's RandomHorizontalFlip; library code still sees no torchvision."""
     script = tmp_path / "reference.py"
