@@ -394,7 +394,8 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
         out["speedup_range"] = (min(speedups), max(speedups)) if out["speedup"] is not None else None
         ratios = [r["mem_ratio"] for r in same if r["mem_ratio"] is not None]
         out["mem_ratio"] = max(ratios) if len(ratios) == len(same) else None
-        out["per_round_steps_s"] = [r["steps_s"] for r in same]
+        out["per_round_s_step"] = [r["s_step"] for r in same]
+        out["per_round_speedup"] = [r["speedup"] for r in same]
         combined.append(out)
     return combined
 
@@ -429,6 +430,11 @@ def format_table(rows: list[dict], device: str) -> str:
             f"\nMedians over {rounds} rounds (trainers alternating); in brackets the lowest and highest "
             "round's speed ratio; memory: the highest round."
         )
+        for r in rows:
+            if r.get("per_round_s_step"):
+                times = ", ".join(f"{v:.2f}" for v in r["per_round_s_step"])
+                ratios = ", ".join(f"{v:.2f}×" for v in r["per_round_speedup"] if v is not None)
+                lines.append(f"- {r['trainer']} ({r['precision']}): s/step by round {times}; vs reference {ratios}")
     return "\n".join(lines)
 
 

@@ -90,6 +90,7 @@ def test_rounds_report_the_median_ratio_paired_within_each_round(train_speed):
     table = train_speed.format_table([textinv, reference], "cpu")
     assert "2.00× (1.50–2.10)" in table
     assert "Medians over 3 rounds" in table
+    assert "- textinv (fp32): s/step by round 2.00, 3.00, 2.50; vs reference 2.10×, 1.50×, 2.00×" in table
     assert train_speed.combine_rounds(rounds[:1]) == rounds[0]
 
 
