@@ -433,8 +433,10 @@ def format_table(rows: list[dict], device: str) -> str:
         for r in rows:
             if r.get("per_round_s_step"):
                 times = ", ".join(f"{v:.2f}" for v in r["per_round_s_step"])
-                ratios = ", ".join(f"{v:.2f}×" for v in r["per_round_speedup"] if v is not None)
-                lines.append(f"- {r['trainer']} ({r['precision']}): s/step by round {times}; vs reference {ratios}")
+                line = f"- {r['trainer']} ({r['precision']}): s/step by round {times}"
+                if r["trainer"] != "reference":
+                    line += "; vs reference " + ", ".join(f"{v:.2f}×" for v in r["per_round_speedup"] if v is not None)
+                lines.append(line)
     return "\n".join(lines)
 
 

@@ -91,6 +91,7 @@ def test_rounds_report_the_median_ratio_paired_within_each_round(train_speed):
     assert "2.00× (1.50–2.10)" in table
     assert "Medians over 3 rounds" in table
     assert "- textinv (fp32): s/step by round 2.00, 3.00, 2.50; vs reference 2.10×, 1.50×, 2.00×" in table
+    assert "- reference (fp32): s/step by round 4.20, 4.50, 5.00\n" in table + "\n"
     assert train_speed.combine_rounds(rounds[:1]) == rounds[0]
 
 
