@@ -32,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -358,12 +359,6 @@ def embedding_drift(runs_dir: Path, results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
     """Rows of several rounds (each from `table_rows`) -> one row per trainer and precision.
 
@@ -384,13 +379,13 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
             combined.append({**failed, "error": failed["error"] or "no steady rate in one round", "rounds": len(same)})
             continue
         out = {"trainer": row["trainer"], "precision": row["precision"], "rounds": len(same)}
-        out["steps_s"] = _median([r["steps_s"] for r in same])
+        out["steps_s"] = statistics.median([r["steps_s"] for r in same])
         out["s_step"] = 1 / out["steps_s"]
         out["peak_gb"] = max(r["peak_gb"] for r in same)
         out["train_rss_gb"] = max((r["train_rss_gb"] for r in same if r["train_rss_gb"] is not None), default=None)
         out["error"] = None
         speedups = [r["speedup"] for r in same if r["speedup"] is not None]
-        out["speedup"] = _median(speedups) if len(speedups) == len(same) else None
+        out["speedup"] = statistics.median(speedups) if len(speedups) == len(same) else None
         out["speedup_range"] = (min(speedups), max(speedups)) if out["speedup"] is not None else None
         ratios = [r["mem_ratio"] for r in same if r["mem_ratio"] is not None]
         out["mem_ratio"] = max(ratios) if len(ratios) == len(same) else None
@@ -591,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows = combine_rounds(rounds)
     table = format_table(rows, args.device)
-    drift = embedding_drift(args.cache / "runs", results)
+    drift = embedding_drift(args.cache / "runs", results)  # the last round's runs: their folders are the ones left
     table += f"\n\n{drift}" if drift else ""
     print(table)
     if args.json:
