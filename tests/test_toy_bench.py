@@ -1,0 +1,30 @@
+"""bench/toy_model.py on the shipped toy model, cut down to seconds: its tables add up."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from helpers import REPO
+
+from textinv.toy import world
+
+
+def test_toy_model_bench_reports_every_shape_and_the_worst_concept():
+    cmd = [sys.executable, str(REPO / "bench" / "toy_model.py"), "--prompts", "2", "-n", "3", "--seed", "5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+    assert "2 random combinations" in out
+    (rates,) = re.findall(r"^\| (\d+)% \| (\d+)% \| (\d+)% \|$", out, re.M)
+    assert all(int(r) in (0, 50, 100) for r in rates)  # two prompts, one sample each
+    assert "seeds 5-7" in out
+    rows = re.findall(r"^\| (\w+) \| (\d+)% \| ([a-z0-9 ,]+) \| (\w+) (\w+) (\d+)% \|$", out, re.M)
+    assert [r[0] for r in rows] == list(world.SHAPES)
+    for shape, _read, mix, top, worst_shape, share in rows:
+        counts = [int(part.split()[1]) for part in mix.split(", ")]
+        assert sum(counts) <= 3 and counts == sorted(counts, reverse=True)
+        assert (top, worst_shape) == (mix.split()[0], shape)
+        assert int(share) == round(100 * counts[0] / 3)
+    worst = max(int(r[5]) for r in rows)
+    assert re.search(rf"worst initializer-alone score over all concepts: {worst}% \(target <= 40 %: (ok|MISSED)\)", out)
+    assert ("MISSED" in out) == (worst > 40)
