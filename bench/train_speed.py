@@ -429,8 +429,9 @@ def format_table(rows: list[dict], device: str) -> str:
             if r.get("per_round_s_step"):
                 times = ", ".join(f"{v:.2f}" for v in r["per_round_s_step"])
                 line = f"- {r['trainer']} ({r['precision']}): s/step by round {times}"
-                if r["trainer"] != "reference":
-                    line += "; vs reference " + ", ".join(f"{v:.2f}×" for v in r["per_round_speedup"] if v is not None)
+                ratios = [v for v in r["per_round_speedup"] if v is not None]
+                if ratios and r["trainer"] != "reference":  # no ratios when the reference did not run
+                    line += "; vs reference " + ", ".join(f"{v:.2f}×" for v in ratios)
                 lines.append(line)
     return "\n".join(lines)
 

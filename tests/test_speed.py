@@ -107,6 +107,13 @@ def test_a_trainer_failing_in_any_round_is_reported_failed(train_speed):
     assert "failed: exit 1, see ref.log" in train_speed.format_table(rows, "cpu")
 
 
+def test_rounds_without_the_reference_print_no_ratios(train_speed):
+    rounds = [train_speed.table_rows([_timed(train_speed, "textinv", s, 4.0)], 1, 4, "cpu") for s in (2.0, 3.0)]
+    table = train_speed.format_table(train_speed.combine_rounds(rounds), "cpu")
+    assert "- textinv (fp32): s/step by round 2.00, 3.00\n" in table + "\n"
+    assert "vs reference" not in table.split("Medians")[1]
+
+
 def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tmp_path, capsys):
     orders = []
 
