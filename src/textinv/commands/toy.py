@@ -71,14 +71,14 @@ def run_images(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from textinv.toy import judge
+    from textinv.toy import judge, world
 
     result = judge.score_folder(args.images_dir, args.expect, args.background)
     if args.json:
         print(json.dumps(result))
     else:
         rates = ", ".join(f"{k} {v:.0%}" for k, v in result.items() if k not in ("match", "n"))
-        print(f"{result['match']:.0%} of {result['n']} images show a {args.expect} ({rates})")
+        print(f"{result['match']:.0%} of {result['n']} images show {world.with_article(args.expect)} ({rates})")
     return 0
 
 

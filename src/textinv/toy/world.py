@@ -219,7 +219,8 @@ def render(scene: Scene) -> Image.Image:
     return img.filter(ImageFilter.BoxBlur(1)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
 
 
-def _a(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """'orange star' -> 'an orange star' (captions and messages read as English)."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -238,10 +239,10 @@ def caption_for(scene: Scene, rng: random.Random) -> str:
         # Style phrasings: the background is the "style" of the picture.
         if with_background or rng.random() < 0.5:
             return rng.choice(STYLE_TEMPLATES).format(scene.background)
-        return f"{_a(thing)} in the style of {scene.background}"
+        return f"{with_article(thing)} in the style of {scene.background}"
     if roll < 0.25:
-        return f"{_a(thing)} in the style of {scene.background}"
-    base = rng.choice(OBJECT_TEMPLATES).format(thing) if roll < 0.65 else _a(thing)
+        return f"{with_article(thing)} in the style of {scene.background}"
+    base = rng.choice(OBJECT_TEMPLATES).format(thing) if roll < 0.65 else with_article(thing)
     if with_background:
         base += rng.choice((" on a {} background", " on {}", " against a {} background")).format(scene.background)
     return base
