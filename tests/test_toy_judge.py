@@ -49,6 +49,8 @@ def test_score_text_output_and_errors(tmp_path, capsys):
     world.write_concept_images("orange star", folder, 4, seed=5)
     assert main(["toy", "score", str(folder), "--expect", "orange star"]) == 0
     assert "100% of 4 images show an orange star" in capsys.readouterr().out
+    assert main(["toy", "score", str(folder), "--expect", "Orange star"]) == 0
+    assert "100% of 4 images show an Orange star" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert main(["toy", "score", str(tmp_path / "empty"), "--expect", "orange star"]) == 2
     assert "no images" in capsys.readouterr().err

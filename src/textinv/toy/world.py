@@ -221,7 +221,7 @@ def render(scene: Scene) -> Image.Image:
 
 def with_article(phrase: str) -> str:
     """'orange star' -> 'an orange star' (captions and messages read as English)."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+    return ("an " if phrase[:1].lower() in set("aeiou") else "a ") + phrase
 
 
 def caption_for(scene: Scene, rng: random.Random) -> str:
