@@ -44,7 +44,7 @@ def main() -> None:
             shape = picks.choice(world.SHAPES)
             background = picks.choice(list(world.BACKGROUNDS))
             colour = picks.choice([c for c in world.COLOURS if world.allowed(c, background)])
-            prompt = f"a {colour} {shape} on a {background} background"
+            prompt = f"{world.with_article(f'{colour} {shape}')} on a {background} background"
             (read,) = judge.classify(sample(pipe, prompt, 1, args.seed + i, args.model), scorer)
             asked = {"shape": shape, "colour": colour, "background": background}
             hits.update(a for a, want in asked.items() if read[a] == want)
