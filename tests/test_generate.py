@@ -93,6 +93,7 @@ def test_generate_defaults_to_the_toy_model_and_its_textinv_json(sd1_model, tmp_
                     "scheduler": "ddim",
                     "height": 40,
                     "width": 48,
+                    "skip_early_cfg": 0.4,
                 }
             }
         )  # fmt: skip
@@ -104,6 +105,7 @@ def test_generate_defaults_to_the_toy_model_and_its_textinv_json(sd1_model, tmp_
     _, _, fields = parse_a1111_infotext(image.text["parameters"])
     assert (fields["Steps"], fields["CFG scale"], fields["Sampler"], fields["Size"]) == ("3", "2.5", "DDIM", "48x40")
     assert fields["Model"] == "textinv-toy" and image.size == (48, 40)
+    assert fields["Skip Early CFG"] == "0.4"  # AUTOMATIC1111's key for the same setting
     # flags the user gives win over the model's recommendations
     assert main(["generate", "a cube", "-n", "1", "--steps", "1", "--out", str(out), "--quiet"]) == 0
     _, _, fields = parse_a1111_infotext(Image.open(out / "0000-seed0.png").text["parameters"])
@@ -117,6 +119,7 @@ def test_generate_defaults_to_the_toy_model_and_its_textinv_json(sd1_model, tmp_
         (["--concept", "WRONG768"], "sd1 (768)"),
         (["--concept", "nowhere/missing.safetensors"], "not found"),
         (["--height", "30"], "multiples of 8"),
+        (["--skip-early-cfg", "1.5"], "fraction of the steps"),
     ],
 )
 def test_generate_bad_input_is_one_line_exit_2(sd1_model, tmp_path, capsys, extra, expected):
@@ -158,3 +161,44 @@ def test_pipelines_load_in_the_asked_dtype_without_diffusers_deprecation_warning
         pipe = load_pipeline(resolve_model_source(str(sd1_model)), torch_dtype=torch.float16)
     assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float16
     assert not [w for w in caught if "torch_dtype" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_unguided_steps_follow_a1111s_skip_early_cfg_rule():
+    from textinv.sample import unguided_step
+
+    assert [unguided_step(i, 25, 0.36) for i in range(25)] == [True] * 10 + [False] * 15  # i / 25 <= 0.36
+    assert not any(unguided_step(i, 25, 0.0) for i in range(25))
+    assert all(unguided_step(i, 25, 1.0) for i in range(25))
+
+
+def test_skip_early_cfg_samples_the_early_steps_without_guidance(sd1_model, monkeypatch):
+    """Skipping every step equals sampling at guidance 1; skipping some differs from both ends."""
+    from diffusers import StableDiffusionPipeline
+
+    from textinv.sample import generate_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_model, safety_checker=None, requires_safety_checker=False)
+    scales = []
+    real_unet_forward = pipe.unet.forward
+
+    def unet_forward(sample, *args, **kwargs):
+        scales.append(pipe.guidance_scale)
+        return real_unet_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", unet_forward)
+
+    def draw(guidance, skip):
+        scales.clear()
+        kwargs = dict(num_inference_steps=4, seed=2, progress=False, scheduler="ddim")
+        image = generate_images(pipe, "a photo", guidance_scale=guidance, skip_early_cfg=skip, **kwargs)[0]
+        return np.asarray(image, dtype=np.int16), list(scales)
+
+    plain, _ = draw(1.0, 0.0)
+    guided, guided_scales = draw(9.0, 0.0)
+    skipped_all, _ = draw(9.0, 1.0)
+    half, half_scales = draw(9.0, 0.4)  # steps 0 and 1 of 4: i / 4 <= 0.4
+    assert guided_scales == [9.0] * 4
+    assert half_scales[2:] == [9.0, 9.0] and all(s == pytest.approx(1.0) for s in half_scales[:2])
+    assert np.abs(skipped_all - plain).max() <= 1  # the prompt's prediction alone, to float rounding
+    assert np.abs(guided - plain).mean() > 5
+    assert np.abs(half - plain).mean() > 1 and np.abs(half - guided).mean() > 1

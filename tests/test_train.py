@@ -74,22 +74,24 @@ def _token_id(model: Path, word: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "model_fixture, snr_gamma, fp8_base",
+    "model_fixture, snr_gamma, fp8_base, flip_p",
     [
-        ("sd1_model", None, False),
-        ("sd2_model", None, False),
-        ("sd1_model", 2.0, False),
-        ("sd2_model", 2.0, False),
-        ("sd1_model", None, True),
-        ("sd2_model", 2.0, True),
+        ("sd1_model", None, False, 0.5),
+        ("sd2_model", None, False, 0.5),
+        ("sd1_model", 2.0, False, 0.5),
+        ("sd2_model", 2.0, False, 0.5),
+        ("sd1_model", None, True, 0.5),
+        ("sd2_model", 2.0, True, 0.5),
+        ("sd1_model", None, False, 0.0),
     ],
 )
 def test_learning_matches_a_straightforward_implementation(
-    model_fixture, snr_gamma, fp8_base, request, concept_dir, tmp_path
+    model_fixture, snr_gamma, fp8_base, flip_p, request, concept_dir, tmp_path
 ):
     """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance),
-    with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2), and with the
-    frozen weights in fp8 (against the method run on a model whose weights were rounded the same way)."""
+    with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2), with the
+    frozen weights in fp8 (against the method run on a model whose weights were rounded the same way),
+    and with mirroring turned off (--flip_p 0)."""
     model = request.getfixturevalue(model_fixture)
     given = dict(
         pretrained_model_name_or_path=str(model),
@@ -107,6 +109,7 @@ def test_learning_matches_a_straightforward_implementation(
         num_vectors=2,
         snr_gamma=snr_gamma,
         fp8_base=fp8_base,
+        flip_p=flip_p,
         output_dir=str(tmp_path / "ours"),
     )
     ours = train(build_config(given))
@@ -114,6 +117,21 @@ def test_learning_matches_a_straightforward_implementation(
     oracle_losses, oracle_rows = _reference_textual_inversion(**given)
     assert ours.losses == pytest.approx(oracle_losses, rel=1e-4, abs=1e-5)
     assert torch.allclose(ours_rows, oracle_rows, rtol=1e-4, atol=1e-5)
+
+
+def test_flip_p_changes_only_which_samples_are_mirrored():
+    """--flip_p: never / the reference's coin / always; every other draw of a sample stays the same."""
+    from textinv.data import SampleStream
+
+    def draws(**kw):
+        return SampleStream(3, 4, 10, 5, (4, 2, 2), 1000, **kw).draw(range(64))
+
+    never, coin, always, default = draws(flip_p=0.0), draws(flip_p=0.5), draws(flip_p=1.0), draws()
+    assert not never.flip.any() and always.flip.all() and 16 < int(coin.flip.sum()) < 48
+    assert torch.equal(default.flip, coin.flip)  # the reference's p = 0.5 unless told otherwise
+    for other in (never, always):
+        for name in ("image_idx", "template_idx", "latent_eps", "noise", "timesteps"):
+            assert torch.equal(getattr(other, name), getattr(coin, name)), name
 
 
 def _reference_textual_inversion(**cfg):
@@ -152,14 +170,14 @@ def _reference_textual_inversion(**cfg):
     batch = cfg["train_batch_size"]
     latent_side = cfg["resolution"] // (2 ** (len(vae.config.block_out_channels) - 1))
     stream = SampleStream(cfg["seed"], len(images), 100, len(OBJECT_TEMPLATES), (4, latent_side, latent_side), 1000)
+    mirror = {0.5: bool, 0.0: lambda _f: False}[cfg["flip_p"]]  # the reference's coin, or never
     keep = torch.ones(len(tokenizer), dtype=torch.bool)
     keep[new_ids] = False
     losses = []
     for step in range(cfg["max_train_steps"]):
         d = stream.draw(range(step * batch, (step + 1) * batch))
-        pixels = torch.stack(
-            [preprocess(images[i], cfg["resolution"], False, bool(f)) for i, f in zip(d.image_idx, d.flip, strict=True)]
-        )
+        pairs = zip(d.image_idx, d.flip, strict=True)
+        pixels = torch.stack([preprocess(images[i], cfg["resolution"], False, mirror(f)) for i, f in pairs])
         dist = vae.encode(pixels).latent_dist
         latents = (dist.mean + dist.std * d.latent_eps) * vae.config.scaling_factor
         noisy = scheduler.add_noise(latents, d.noise, d.timesteps)

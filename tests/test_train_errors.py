@@ -190,6 +190,7 @@ def test_bad_numbers_are_refused(sd1_model, concept_dir, tmp_path, capsys):
     _fails(capsys, train_args(sd1_model, concept_dir, tmp_path / "o", "--resolution", "30"), "multiple of 8")
     args = train_args(sd1_model, concept_dir, tmp_path / "o", "--snr_gamma", "-1")
     _fails(capsys, args, "--snr_gamma", "0 for plain MSE")
+    _fails(capsys, train_args(sd1_model, concept_dir, tmp_path / "o", "--flip_p", "1.5"), "--flip_p", "probability")
 
 
 def _real(name: str):

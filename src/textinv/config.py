@@ -71,6 +71,11 @@ class TrainConfig:
     # Data
     resolution: int = _flag(512, "Images are resized to this square size.")
     center_crop: bool = _flag(False, "Centre-crop images to a square before resizing.")
+    flip_p: float = _flag(
+        0.5,
+        "Probability of mirroring a training image left-right (diffusers' dataset flips with 0.5). Use 0 when a "
+        "mirror image is not the concept: lettering, a one-sided object, a texture with a fixed phase.",
+    )
     # Optimisation
     train_batch_size: int = _flag(16, "Batch size per device.", aliases=("--batch",))
     num_train_epochs: int = _flag(
@@ -180,6 +185,8 @@ class TrainConfig:
                 "--fp8_base rounds the frozen weights, so --save_as_full_pipeline would save a rounded copy of the "
                 "model; drop one of the two (the learned embedding loads into the original model)"
             )
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise TextinvError(f"--flip_p is a probability: give 0 (never mirror) to 1 (got {self.flip_p})")
         if self.lr_warmup_steps < 0:
             raise TextinvError("--lr_warmup_steps must be 0 or more")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:

@@ -188,7 +188,9 @@ class SampleStream:
     """Counter-based sampling: sample number `p` of the run is drawn from a generator seeded by (seed, p).
 
     Images follow an epoch-wise shuffle of `num_images * repeats` slots, like the reference's shuffled
-    DataLoader; flips are p=0.5, templates uniform, timesteps uniform in [0, num_train_timesteps).
+    DataLoader; flips are p=`flip_p` (0.5 as in the reference), templates uniform, timesteps uniform in
+    [0, num_train_timesteps). Each sample draws the same numbers whatever `flip_p` is, so changing it
+    changes only which samples are mirrored.
     """
 
     def __init__(
@@ -199,8 +201,10 @@ class SampleStream:
         num_templates: int,
         latent_shape: tuple[int, int, int],
         num_train_timesteps: int,
+        flip_p: float = 0.5,
     ):
         self.seed = seed
+        self.flip_p = flip_p
         self.num_images = num_images
         self.epoch_len = num_images * repeats
         self.num_templates = num_templates
@@ -224,7 +228,7 @@ class SampleStream:
             rows.append(
                 (
                     self._image_at(p),
-                    bool(torch.rand((), generator=g) < 0.5),
+                    bool(torch.rand((), generator=g) < self.flip_p),
                     int(torch.randint(self.num_templates, (), generator=g)),
                     torch.randn(self.latent_shape, generator=g),
                     torch.randn(self.latent_shape, generator=g),

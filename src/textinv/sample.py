@@ -80,15 +80,18 @@ def generate_images(
     scheduler: str | None = None,
     progress: bool | Callable[[int], None] = True,
     batch_size: int | None = None,
+    skip_early_cfg: float = 0.0,
 ) -> list[Image.Image]:
     """Generate `num_images` images for `prompt`; image i uses seed `seed + i`.
 
     `progress`: True shows a tqdm bar over all denoising steps, False shows nothing, a callable
     receives the number of steps done after each step. `scheduler` is a `SCHEDULERS` key (None
-    keeps the pipeline's own). Sizes default to the model's native size.
+    keeps the pipeline's own). Sizes default to the model's native size. `skip_early_cfg`: see
+    `unguided_step`.
     """
     if num_images < 1 or num_inference_steps < 1:
         raise TextinvError("need at least one image and one inference step (-n >= 1, --steps >= 1)")
+    check_skip_early_cfg(skip_early_cfg)
     size = native_size(pipe)
     height, width = height or size, width or size
     if height % 8 or width % 8:
@@ -97,14 +100,22 @@ def generate_images(
     batch_size = batch_size or num_images
     # Some schedulers (Heun) take more loop iterations than inference steps; count what will run.
     pipe.scheduler.set_timesteps(num_inference_steps)
-    bar, report = _progress(progress, num_images * len(pipe.scheduler.timesteps))
+    total = len(pipe.scheduler.timesteps)
+    bar, report = _progress(progress, num_images * total)
     pipe.set_progress_bar_config(disable=True)
     done = 0
 
-    def on_step_end(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def guidance_at(step: int) -> float:
+        if guidance_scale > 1 and unguided_step(step, total, skip_early_cfg):
+            return _UNGUIDED
+        return guidance_scale
+
+    def on_step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         nonlocal done
         done += len(batch)
         report(done)
+        # diffusers reads the scale afresh each step (its callback docs change it the same way).
+        _pipe._guidance_scale = guidance_at(step + 1)
         return kwargs
 
     images: list[Image.Image] = []
@@ -118,7 +129,7 @@ def generate_images(
                     negative_prompt=negative_prompt or None,
                     num_images_per_prompt=len(batch),
                     num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
+                    guidance_scale=guidance_at(0),
                     height=height,
                     width=width,
                     generator=generators,
@@ -129,6 +140,27 @@ def generate_images(
         if bar is not None:
             bar.close()
     return images
+
+
+# Above 1, so diffusers keeps the unconditional branch batched for the guided steps that follow; as a
+# float32 or float16 factor it is exactly 1, so an unguided step is the prompt's prediction alone.
+_UNGUIDED = math.nextafter(1.0, 2.0)
+
+
+def unguided_step(step: int, total: int, skip_early_cfg: float) -> bool:
+    """Whether denoising step `step` of `total` skips classifier-free guidance.
+
+    As AUTOMATIC1111's "Ignore negative prompt during early sampling" (infotext `Skip Early CFG`):
+    step i is unguided while i / total <= skip_early_cfg, so 0 guides every step. Why: the noisiest
+    steps decide what a prompt leaves open (a colour, a layout); guiding them too pushes every sample
+    the same way (Kynkaanniemi et al. 2024, guidance in a limited interval).
+    """
+    return skip_early_cfg > 0 and step / total <= skip_early_cfg
+
+
+def check_skip_early_cfg(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise TextinvError(f"--skip-early-cfg is a fraction of the steps: give 0 (off) to 1 (got {value})")
 
 
 def _progress(progress: bool | Callable[[int], None], total: int):
@@ -158,6 +190,7 @@ def infotext(
     negative_prompt: str | None = None,
     model: str | None = None,
     concepts: Sequence[str] = (),
+    skip_early_cfg: float = 0.0,
 ) -> str:
     """The generation settings as AUTOMATIC1111 writes them in a PNG's `parameters` chunk.
 
@@ -171,6 +204,8 @@ def infotext(
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
     ]
+    if skip_early_cfg:
+        fields.append(("Skip Early CFG", _number(skip_early_cfg)))
     if model:
         fields.append(("Model", model))
     if concepts:

@@ -182,6 +182,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         num_templates=len(template_ids),
         latent_shape=posteriors.latent_shape,
         num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+        flip_p=cfg.flip_p,
     )
     training_state = ckpt.TrainingState(
         global_step=global_step,
@@ -518,6 +519,7 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
     settings = model_defaults(source, "generate")
     steps = int(settings.get("num_inference_steps", 25))
     guidance = float(settings.get("guidance_scale", 7.5))
+    skip_early = float(settings.get("skip_early_cfg", 0.0))
     sampler = set_scheduler(pipe, settings.get("scheduler", "dpm"))
     vae_device = pipe.vae.device
     pipe.vae.to(accelerator.device)
@@ -531,6 +533,7 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
         height=cfg.resolution,
         width=cfg.resolution,
         progress=False,
+        skip_early_cfg=skip_early,
     )
     pipe.vae.to(vae_device)
     folder = Path(output_dir) / "validation" / f"step-{step}"
@@ -547,6 +550,7 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
             sampler=sampler,
             model=source.path_or_id,
             concepts=[cfg.placeholder_token],
+            skip_early_cfg=skip_early,
         )
         save_png(path, image, text)
         paths.append(path)

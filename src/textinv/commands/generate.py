@@ -13,7 +13,7 @@ from textinv.errors import TextinvError
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-FALLBACK_DEFAULTS = {"num_inference_steps": 30, "guidance_scale": 7.5, "scheduler": None}
+FALLBACK_DEFAULTS = {"num_inference_steps": 30, "guidance_scale": 7.5, "scheduler": None, "skip_early_cfg": 0.0}
 
 
 def register(subparsers) -> None:
@@ -44,6 +44,16 @@ def register(subparsers) -> None:
     p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's, else 30)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's, else 7.5)")
+    p.add_argument(
+        "--skip-early-cfg",
+        "--skip_early_cfg",
+        dest="skip_early_cfg",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="sample this fraction of the first (noisiest) steps without CFG, as A1111's 'Skip Early CFG': "
+        "what the prompt leaves open (a colour) stays varied (default: model's, else 0 = guide every step)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
     p.add_argument(
         "--scheduler",
@@ -65,7 +75,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from textinv.concepts import load_concept
     from textinv.models import load_pipeline, model_defaults, resolve_model_source
-    from textinv.sample import generate_images, infotext, make_grid, native_size, save_png, set_scheduler
+    from textinv.sample import (
+        check_skip_early_cfg,
+        generate_images,
+        infotext,
+        make_grid,
+        native_size,
+        save_png,
+        set_scheduler,
+    )
 
     if args.num_images < 1:
         raise TextinvError("-n must be at least 1")
@@ -75,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else int(settings["num_inference_steps"])
     guidance = args.guidance if args.guidance is not None else float(settings["guidance_scale"])
     scheduler = args.scheduler or settings.get("scheduler")
+    skip_early = args.skip_early_cfg if args.skip_early_cfg is not None else float(settings["skip_early_cfg"])
+    check_skip_early_cfg(skip_early)
 
     pipe = load_pipeline(source, torch_dtype=dtype).to(device)
     tokens = [load_concept(pipe, src, token) for src, token in map(split_concept_arg, args.concept)]
@@ -98,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         negative_prompt=args.negative,
         model=model_name,
         concepts=tokens,
+        skip_early_cfg=skip_early,
     )
     all_images = []
     for prompt in args.prompt:
@@ -113,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             width=width,
             scheduler=None,  # already set above, once for all prompts
             progress=not args.quiet,
+            skip_early_cfg=skip_early,
         )
         for i, image in enumerate(images):
             seed = args.seed + i

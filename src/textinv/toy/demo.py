@@ -97,6 +97,7 @@ def sample(
         guidance_scale=float(settings.get("guidance_scale", 7.5)),
         scheduler=settings.get("scheduler"),
         progress=False,
+        skip_early_cfg=float(settings.get("skip_early_cfg", 0.0)),
     )
 
 
