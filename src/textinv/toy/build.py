@@ -54,7 +54,9 @@ RECOMMENDED_SETTINGS = {
         # timesteps that Min-SNR turns down are where a background is learned (bench/toy_targets.py).
         "by_property": {"style": {"learning_rate": 1e-2, "snr_gamma": 0}},
     },
-    "generate": {"num_inference_steps": 25, "guidance_scale": 4.0, "height": 32, "width": 32},
+    # The first 40 % of the steps unguided: guiding them drew "a photo of a circle" orange in 15 of 32 samples
+    # (and a star red in 16), so the initializer alone matched a red star or an orange circle in ~50 %.
+    "generate": {"num_inference_steps": 25, "guidance_scale": 4.0, "skip_early_cfg": 0.4, "height": 32, "width": 32},
 }
 TOKENIZER_SOURCE = Path(__file__).resolve().parent / "model" / "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
