@@ -8,10 +8,12 @@ from textinv.toy import demo, world
 
 
 def test_demo_writes_grid_images_and_scores(sd1_model, tmp_path):
+    messages = []
     result = demo.run_demo(
-        "green heart",
+        "orange star",
         tmp_path / "demo",
         num_images=2,
+        report=messages.append,
         model=str(sd1_model),
         train_overrides={"max_train_steps": 2, "resolution": 32, "train_batch_size": 1, "report_to": "none"},
         sample_overrides={"num_inference_steps": 2},
@@ -24,6 +26,7 @@ def test_demo_writes_grid_images_and_scores(sd1_model, tmp_path):
     # Three titled panels: 5 training images (2 columns of 4 rows) | 2 baseline | 2 learned.
     assert grid.height == 16 + 4 * world.IMAGE_SIZE * 3
     assert len(list((tmp_path / "demo" / "concept").glob("img_*.png"))) == 5
+    assert any("5 images of an orange star" in m for m in messages), messages
 
 
 def test_side_by_side_places_titled_panels():

@@ -126,7 +126,7 @@ def run_demo(
     out = Path(out_dir)
     data_dir = out / "concept"
     paths = world.write_concept_images(concept, data_dir, 5, seed=seed + 1)
-    report(f"demo: wrote 5 images of a {concept} to {data_dir}")
+    report(f"demo: wrote 5 images of {world.with_article(concept)} to {data_dir}")
     result = learn(data_dir, shape, out / "embedding", seed=seed, model=model, **(train_overrides or {}))
     report(f"demo: learned {PLACEHOLDER} in {result.global_step} steps")
 
