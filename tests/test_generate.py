@@ -132,6 +132,39 @@ def test_generate_bad_input_is_one_line_exit_2(sd1_model, tmp_path, capsys, extr
     assert err.startswith("textinv: error:") and "\n" not in err and expected in err, err
 
 
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("skip_early_cfg", 1.5, "a fraction of the steps, 0 to 1"),
+        ("scheduler", "warp-drive", "one of dpm,"),
+        ("num_inference_steps", 0, "an integer >= 1"),
+        ("height", 30, "a multiple of 8"),
+        ("guidance_scale", "high", "a number >= 0"),
+    ],
+)
+def test_a_bad_recipe_in_the_models_textinv_json_is_one_line_naming_file_and_key(
+    sd1_model, tmp_path, capsys, key, value, expected
+):
+    model = tmp_path / "model"
+    shutil.copytree(sd1_model, model)
+    (model / "textinv.json").write_text(json.dumps({"generate": {key: value}}))
+    assert main(["generate", "a cube", "--model", str(model), "-n", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f'textinv.json: "generate.{key}" must be {expected}' in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_overrides_skip_unset_flags_and_unknown_keys_are_reported(caplog):
+    from textinv.sample import SamplingRecipe, recipe_from_settings
+
+    base = SamplingRecipe(num_inference_steps=25, scheduler="dpm")
+    recipe = recipe_from_settings({"guidance_scale": 3, "guidence_scale": 9}, "m/textinv.json", base)
+    assert (recipe.num_inference_steps, recipe.guidance_scale, recipe.scheduler) == (25, 3, "dpm")
+    assert "ignoring unknown generate setting 'guidence_scale'" in caplog.text
+    flags = recipe.with_overrides(num_inference_steps=None, guidance_scale=6.0, skip_early_cfg=0.0)
+    assert (flags.num_inference_steps, flags.guidance_scale, flags.skip_early_cfg) == (25, 6.0, 0.0)
+
+
 def test_infotext_matches_a1111_layout():
     text = infotext("a <x>, b", seed=3, steps=20, guidance_scale=7.0, width=512, height=768, sampler="DPM++ 2M",
                     negative_prompt="ugly", model="v1-5", concepts=["<x>"])  # fmt: skip

@@ -83,6 +83,7 @@ def _token_id(model: Path, word: str) -> int:
         ("sd1_model", None, True, 0.5),
         ("sd2_model", 2.0, True, 0.5),
         ("sd1_model", None, False, 0.0),
+        ("sd2_model", None, False, 1.0),
     ],
 )
 def test_learning_matches_a_straightforward_implementation(
@@ -91,7 +92,7 @@ def test_learning_matches_a_straightforward_implementation(
     """Cached posteriors + new-rows-only AdamW learn what the reference method learns (float tolerance),
     with plain MSE and with Min-SNR weighting (ε-prediction SD-1 and v-prediction SD-2), with the
     frozen weights in fp8 (against the method run on a model whose weights were rounded the same way),
-    and with mirroring turned off (--flip_p 0)."""
+    and with mirroring turned off (--flip_p 0) or always on (1; both cache one posterior per image)."""
     model = request.getfixturevalue(model_fixture)
     given = dict(
         pretrained_model_name_or_path=str(model),
@@ -134,6 +135,34 @@ def test_flip_p_changes_only_which_samples_are_mirrored():
             assert torch.equal(getattr(other, name), getattr(coin, name)), name
 
 
+def test_the_posterior_cache_encodes_only_the_flips_a_run_can_draw(sd1_model, concept_dir):
+    """--flip_p 0 (or 1) never draws the other side, so its VAE encode is skipped; the latents drawn are
+    the same as from the cache of both sides."""
+    from diffusers import AutoencoderKL
+
+    from textinv.data import SampleStream, cache_latent_posteriors, flips_drawn, load_concept_images
+
+    vae = AutoencoderKL.from_pretrained(sd1_model / "vae")
+    images, _ = load_concept_images(concept_dir)
+    encoded = []
+    encode = vae.encode
+    vae.encode = lambda pixels: encoded.append(len(pixels)) or encode(pixels)
+
+    def cache(flip_p):
+        encoded.clear()
+        return cache_latent_posteriors(vae, images, 32, True, "cpu", torch.float32, flips_drawn(flip_p))
+
+    both = cache(0.5)
+    assert both.flips == (False, True) and encoded == [2] * len(images)
+    for flip_p in (0.0, 1.0):
+        one = cache(flip_p)
+        assert one.flips == (flip_p == 1.0,) and encoded == [1] * len(images)
+        draws = SampleStream(0, len(images), 2, 3, both.latent_shape, 1000, flip_p=flip_p).draw(range(12))
+        latents = one.sample(draws.image_idx, draws.flip, draws.latent_eps)
+        # encoded one image at a time instead of two: the same up to the kernels' rounding
+        assert torch.allclose(latents, both.sample(draws.image_idx, draws.flip, draws.latent_eps), atol=1e-5)
+
+
 def _reference_textual_inversion(**cfg):
     """The method as the reference script does it: VAE-encode every step, AdamW over the whole
     embedding matrix, restore the original rows after each step. Same random draws as ours."""
@@ -170,7 +199,7 @@ def _reference_textual_inversion(**cfg):
     batch = cfg["train_batch_size"]
     latent_side = cfg["resolution"] // (2 ** (len(vae.config.block_out_channels) - 1))
     stream = SampleStream(cfg["seed"], len(images), 100, len(OBJECT_TEMPLATES), (4, latent_side, latent_side), 1000)
-    mirror = {0.5: bool, 0.0: lambda _f: False}[cfg["flip_p"]]  # the reference's coin, or never
+    mirror = {0.5: bool, 0.0: lambda _f: False, 1.0: lambda _f: True}[cfg["flip_p"]]  # coin, never, always
     keep = torch.ones(len(tokenizer), dtype=torch.bool)
     keep[new_ids] = False
     losses = []

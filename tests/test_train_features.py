@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +65,8 @@ def test_validation_images_are_saved_logged_and_shown_in_the_model_card(sd1_mode
         with Image.open(pngs[0]) as im:
             assert im.size == (32, 32)
             assert "a <cat-toy> backpack" in im.text.get("parameters", "")
+            # no textinv.json beside this model: diffusers' validation recipe
+            assert "Steps: 25, Sampler: DPM++ 2M," in im.text["parameters"]
     assert "validation/step-4/00.png" in (out / "README.md").read_text()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -73,6 +77,28 @@ def test_validation_images_are_saved_logged_and_shown_in_the_model_card(sd1_mode
     assert "step_time" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     assert any(tag.startswith("validation") for tag in events.Tags()["images"])
+
+
+def test_validation_samples_with_the_models_recipe_and_a_bad_recipe_stops_before_training(
+    sd1_model, concept_dir, tmp_path, capsys
+):
+    model = tmp_path / "model"
+    shutil.copytree(sd1_model, model)
+    recipe = {"num_inference_steps": 3, "guidance_scale": 2.5, "scheduler": "ddim", "skip_early_cfg": 0.5}
+    (model / "textinv.json").write_text(json.dumps({"generate": recipe}))
+    out = tmp_path / "val"
+    args = train_args(model, concept_dir, out, "--validation_prompt", "a <cat-toy>", "--num_validation_images", "1")
+    assert run_cli(args) == 0
+    with Image.open(out / "validation" / "step-4" / "00.png") as im:
+        text = im.text["parameters"]
+    assert "Steps: 3, Sampler: DDIM, CFG scale: 2.5," in text and "Skip Early CFG: 0.5" in text
+
+    (model / "textinv.json").write_text(json.dumps({"generate": {**recipe, "skip_early_cfg": 1.5}}))
+    capsys.readouterr()
+    assert run_cli(train_args(model, concept_dir, tmp_path / "bad", "--validation_prompt", "a <cat-toy>")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "textinv.json" in err and "generate.skip_early_cfg" in err and "\n" not in err, err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_push_to_hub_uploads_the_folder_and_never_shows_the_token(
@@ -240,9 +266,12 @@ def test_diffusers_resume_at_max_steps_quirk_is_matched(sd1_model, concept_dir, 
     assert {x for x in (p.name for p in out.iterdir()) if "checkpoint" in x} == {"checkpoint-2", "checkpoint-3"}
 
 
-def test_model_recommended_settings_can_differ_per_learnable_property(sd1_model, concept_dir, tmp_path, monkeypatch):
+def test_model_recommended_settings_can_differ_per_learnable_property(
+    sd1_model, concept_dir, tmp_path, monkeypatch, caplog
+):
     """A model's textinv.json may recommend other settings for style concepts than for objects (the toy
-    model does: a style needs a higher learning rate); flags the user gives still win."""
+    model does: a style needs a higher learning rate); flags the user gives still win; a misspelt
+    setting is reported, not silently dropped."""
     import json
     import shutil
 
@@ -259,6 +288,7 @@ def test_model_recommended_settings_can_differ_per_learnable_property(sd1_model,
         "lr_warmup_steps": 0,
         "report_to": "none",
         "checkpointing_steps": 1,
+        "lerning_rate": 9.0,
         "by_property": {"style": {"learning_rate": 7e-3, "max_train_steps": 3}},
     }
     (toy / "textinv.json").write_text(json.dumps({"train": train}))
@@ -276,6 +306,7 @@ def test_model_recommended_settings_can_differ_per_learnable_property(sd1_model,
         return int(last.name.split("-")[1]), scheduler["base_lrs"][0]
 
     assert run(tmp_path / "object") == (2, 1e-3)
+    assert "ignoring unknown train setting 'lerning_rate'" in caplog.text
     assert run(tmp_path / "style", "--learnable_property", "style") == (3, 7e-3)
     assert run(tmp_path / "mine", "--learnable_property", "style", "--learning_rate", "2e-3") == (3, 2e-3)
 

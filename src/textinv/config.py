@@ -8,10 +8,13 @@ Precedence for each value: the user's flag, then the model's recommended setting
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from textinv.errors import TextinvError
+
+log = logging.getLogger(__name__)
 
 LR_SCHEDULERS = (
     "linear",
@@ -221,6 +224,8 @@ def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None
     """Merge the user's flags over the model's recommended settings over diffusers' defaults."""
     names = {f.name for f in config_fields()}
     recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    for key in sorted(set(model_recommended or {}) - names):
+        log.warning("the model's textinv.json: ignoring unknown train setting %r", key)
     unknown = set(given) - names
     if unknown:
         raise TextinvError(f"unknown setting(s): {', '.join(sorted(unknown))}")

@@ -136,34 +136,49 @@ class LatentPosteriors:
     The reference VAE-encodes every image on every step. With a fixed resize and crop there are only
     two distinct inputs per image (flipped or not), so we encode each once and keep drawing a fresh
     latent sample from its posterior every step, exactly as the reference's `latent_dist.sample()`.
+    Only the flips a run can draw are encoded: with `--flip_p 0` (or 1) one per image.
     """
 
-    mean: torch.Tensor  # [num_images, 2, C, h, w]
+    mean: torch.Tensor  # [num_images, len(flips), C, h, w]
     std: torch.Tensor
     scaling_factor: float
+    flips: tuple[bool, ...] = (False, True)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.mean.shape[2:])  # type: ignore[return-value]
 
     def sample(self, image_idx: torch.Tensor, flip: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        mean = self.mean[image_idx, flip.long()]
-        std = self.std[image_idx, flip.long()]
+        # With one flip cached, every draw is that flip (flip_p 0 never mirrors, flip_p 1 always does).
+        slot = flip.long() if len(self.flips) == 2 else torch.zeros_like(image_idx)
+        mean = self.mean[image_idx, slot]
+        std = self.std[image_idx, slot]
         return (mean + std * eps.to(mean.device, mean.dtype)) * self.scaling_factor
+
+
+def flips_drawn(flip_p: float) -> tuple[bool, ...]:
+    """Which of (unflipped, flipped) a run mirroring with probability `flip_p` can draw."""
+    return tuple(flip for flip, possible in ((False, flip_p < 1), (True, flip_p > 0)) if possible)
 
 
 @torch.no_grad()
 def cache_latent_posteriors(
-    vae, images: list[Image.Image], resolution: int, center_crop: bool, device, dtype
+    vae,
+    images: list[Image.Image],
+    resolution: int,
+    center_crop: bool,
+    device,
+    dtype,
+    flips: tuple[bool, ...] = (False, True),
 ) -> LatentPosteriors:
     means, stds = [], []
     for image in images:
-        pixels = torch.stack([preprocess(image, resolution, center_crop, flip) for flip in (False, True)])
+        pixels = torch.stack([preprocess(image, resolution, center_crop, flip) for flip in flips])
         dist = vae.encode(pixels.to(device, dtype)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
     return LatentPosteriors(
-        mean=torch.stack(means), std=torch.stack(stds), scaling_factor=float(vae.config.scaling_factor)
+        mean=torch.stack(means), std=torch.stack(stds), scaling_factor=float(vae.config.scaling_factor), flips=flips
     )
 
 

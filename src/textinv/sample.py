@@ -15,6 +15,8 @@ same seed gives the same starting noise on any device.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -29,6 +31,7 @@ from textinv import __version__
 from textinv.atomic import write_atomic
 from textinv.errors import TextinvError
 
+log = logging.getLogger(__name__)
 # Short name -> (diffusers scheduler class, extra config, the sampler name AUTOMATIC1111 shows).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dpm": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
@@ -44,6 +47,85 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
 # How AUTOMATIC1111 names the samplers of the model's own scheduler, for the infotext.
 _SAMPLER_BY_CLASS = {cls: a1111 for cls, extra, a1111 in SCHEDULERS.values() if not extra}
 PARAMETERS_CHUNK = "parameters"  # the PNG text key AUTOMATIC1111 writes and reads ("PNG Info")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingRecipe:
+    """How to sample a model: steps, guidance, sampler, skip-early-CFG and image size.
+
+    `textinv generate`, training validation and the toy demo all read a model's recommended recipe
+    (the `generate` section of its textinv.json) through `model_recipe`, so they sample alike and a
+    bad value in that file is refused when it is read, not halfway through a training run.
+    """
+
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    scheduler: str | None = None  # a SCHEDULERS key; None keeps the pipeline's own
+    skip_early_cfg: float = 0.0
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+
+    def with_overrides(self, **changes: Any) -> SamplingRecipe:
+        """This recipe with every change that is not None (command-line flags the user gave)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The `generate_images` keywords this recipe sets (the scheduler is set once, separately)."""
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "skip_early_cfg": self.skip_early_cfg,
+            "height": self.height,
+            "width": self.width,
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any, least: int = 1, step: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least and value % step == 0
+
+
+def _is_scheduler(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.lower().replace("_", "-") in SCHEDULERS)
+
+
+def _is_size(value: Any) -> bool:
+    return value is None or _is_count(value, least=8, step=8)
+
+
+# Each recipe field: (check, what a good value is).
+_RECIPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_inference_steps": (_is_count, "an integer >= 1"),
+    "guidance_scale": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "scheduler": (_is_scheduler, f"one of {', '.join(SCHEDULERS)}"),
+    "skip_early_cfg": (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction of the steps, 0 to 1"),
+    "height": (_is_size, "a multiple of 8"),
+    "width": (_is_size, "a multiple of 8"),
+}
+
+
+def recipe_from_settings(settings: dict[str, Any], where: str, base: SamplingRecipe | None = None) -> SamplingRecipe:
+    """`base` with the values of a `generate` settings dict, each checked; `where` names the file for errors."""
+    known = {k: v for k, v in settings.items() if k in _RECIPE_CHECKS}
+    for key in sorted(set(settings) - set(known)):
+        log.warning("%s: ignoring unknown generate setting %r", where, key)
+    for key, value in known.items():
+        ok, wanted = _RECIPE_CHECKS[key]
+        if not ok(value):
+            raise TextinvError(f'{where}: "generate.{key}" must be {wanted} (got {value!r}); fix or delete it')
+    return dataclasses.replace(base or SamplingRecipe(), **known)
+
+
+def model_recipe(source: Any, base: SamplingRecipe | None = None) -> SamplingRecipe:
+    """The model's recommended sampling recipe (textinv.json's `generate` section) over `base`."""
+    from textinv.models import DEFAULTS_FILE, model_defaults, snapshot_dir
+
+    folder = snapshot_dir(source)
+    where = str(folder / DEFAULTS_FILE) if folder is not None else DEFAULTS_FILE
+    return recipe_from_settings(model_defaults(source, "generate"), where, base)
 
 
 def set_scheduler(pipe: Any, name: str | None) -> str:

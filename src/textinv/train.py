@@ -26,6 +26,7 @@ from textinv.config import TrainConfig
 from textinv.data import (
     SampleStream,
     cache_latent_posteriors,
+    flips_drawn,
     load_concept_images,
     templates_for,
     tokenize_templates,
@@ -34,8 +35,9 @@ from textinv.embeddings import describe_family, family_of_dims, save_diffusers_e
 from textinv.errors import TextinvError, TrainingDiverged
 from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
-from textinv.models import load_pipeline, model_defaults, resolve_model_source
+from textinv.models import load_pipeline, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
+from textinv.sample import SamplingRecipe, model_recipe
 from textinv.speed import apply_speedups, cpu_conv_kernels, limit_heap_fragmentation, pick_cpu_conv
 from textinv.tokens import (
     add_placeholder_tokens,
@@ -46,6 +48,9 @@ from textinv.tokens import (
 )
 
 log = logging.getLogger(__name__)
+
+# diffusers' script validates with DPM-Solver at 25 steps; a model's textinv.json may say otherwise.
+VALIDATION_RECIPE = SamplingRecipe(num_inference_steps=25, scheduler="dpm")
 
 
 @dataclass
@@ -61,6 +66,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     output_dir = Path(cfg.output_dir)
     source = resolve_model_source(cfg.pretrained_model_name_or_path)
+    # Validation samples as the model recommends (textinv.json), else as diffusers' script: DPM-Solver, 25
+    # steps. Read now, so a bad value in that file stops the run before it starts, not at the first sample.
+    recipe = model_recipe(source, VALIDATION_RECIPE) if cfg.validation_prompt else None
     resume_from = _find_resume(cfg, output_dir)
     accelerator = _make_accelerator(cfg, output_dir)
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -115,7 +123,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     images, _ = load_concept_images(cfg.train_data_dir)
     text_encoder.to(device)
     vae.to(device)
-    posteriors = cache_latent_posteriors(vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype)
+    posteriors = cache_latent_posteriors(
+        vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype, flips_drawn(cfg.flip_p)
+    )
     if not (cfg.validation_prompt or cfg.save_as_full_pipeline):
         pipe.vae = vae = None  # nothing needs the VAE past this point: give its memory back
     elif device.type == "cuda":
@@ -273,7 +283,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     cfg.checkpoints_total_limit,
                 )
             if cfg.validation_prompt and global_step % validation_steps == 0:
-                _validate(cfg, accelerator, pipe, source, output_dir, global_step, seed)
+                _validate(cfg, accelerator, pipe, recipe, source, output_dir, global_step, seed)
         accelerator.wait_for_everyone()
     progress.close()
 
@@ -284,7 +294,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.validation_prompt:
             folder = output_dir / "validation" / f"step-{global_step}"
             if not folder.is_dir():
-                _validate(cfg, accelerator, pipe, source, output_dir, global_step, seed)
+                _validate(cfg, accelerator, pipe, recipe, source, output_dir, global_step, seed)
             validation_images = sorted(folder.glob("*.png"))
         metadata = {
             "format": "pt",
@@ -506,21 +516,14 @@ def _tracker_config(cfg: TrainConfig) -> dict:
     return {k: v for k, v in cfg.public_dict().items() if isinstance(v, (int, float, str, bool))}
 
 
-def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed: int) -> list[Path]:
-    """Generate `num_validation_images` with the current embedding; save PNGs and log them.
-
-    Sampling follows the model's recommended generate settings (textinv.json), else diffusers'
-    validation recipe: DPM-Solver, 25 steps.
-    """
+def _validate(cfg, accelerator, pipe, recipe, source, output_dir: Path, step: int, seed: int) -> list[Path]:
+    """Generate `num_validation_images` with the current embedding; save PNGs and log them."""
     import numpy as np
 
     from textinv.sample import generate_images, infotext, save_png, set_scheduler
 
-    settings = model_defaults(source, "generate")
-    steps = int(settings.get("num_inference_steps", 25))
-    guidance = float(settings.get("guidance_scale", 7.5))
-    skip_early = float(settings.get("skip_early_cfg", 0.0))
-    sampler = set_scheduler(pipe, settings.get("scheduler", "dpm"))
+    recipe = recipe.with_overrides(height=cfg.resolution, width=cfg.resolution)
+    sampler = set_scheduler(pipe, recipe.scheduler)
     vae_device = pipe.vae.device
     pipe.vae.to(accelerator.device)
     images = generate_images(
@@ -528,12 +531,8 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
         cfg.validation_prompt,
         num_images=cfg.num_validation_images,
         seed=seed,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=cfg.resolution,
-        width=cfg.resolution,
         progress=False,
-        skip_early_cfg=skip_early,
+        **recipe.generate_kwargs(),
     )
     pipe.vae.to(vae_device)
     folder = Path(output_dir) / "validation" / f"step-{step}"
@@ -543,14 +542,14 @@ def _validate(cfg, accelerator, pipe, source, output_dir: Path, step: int, seed:
         text = infotext(
             cfg.validation_prompt,
             seed=seed + i,
-            steps=steps,
-            guidance_scale=guidance,
+            steps=recipe.num_inference_steps,
+            guidance_scale=recipe.guidance_scale,
             width=image.width,
             height=image.height,
             sampler=sampler,
             model=source.path_or_id,
             concepts=[cfg.placeholder_token],
-            skip_early_cfg=skip_early,
+            skip_early_cfg=recipe.skip_early_cfg,
         )
         save_png(path, image, text)
         paths.append(path)

@@ -13,7 +13,6 @@ from textinv.errors import TextinvError
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-FALLBACK_DEFAULTS = {"num_inference_steps": 30, "guidance_scale": 7.5, "scheduler": None, "skip_early_cfg": 0.0}
 
 
 def register(subparsers) -> None:
@@ -74,12 +73,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from textinv.concepts import load_concept
-    from textinv.models import load_pipeline, model_defaults, resolve_model_source
+    from textinv.models import load_pipeline, resolve_model_source
     from textinv.sample import (
         check_skip_early_cfg,
         generate_images,
         infotext,
         make_grid,
+        model_recipe,
         native_size,
         save_png,
         set_scheduler,
@@ -87,14 +87,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise TextinvError("-n must be at least 1")
+    if args.skip_early_cfg is not None:
+        check_skip_early_cfg(args.skip_early_cfg)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     source = resolve_model_source(args.model)
-    settings = {**FALLBACK_DEFAULTS, **model_defaults(source, "generate")}
-    steps = args.steps if args.steps is not None else int(settings["num_inference_steps"])
-    guidance = args.guidance if args.guidance is not None else float(settings["guidance_scale"])
-    scheduler = args.scheduler or settings.get("scheduler")
-    skip_early = args.skip_early_cfg if args.skip_early_cfg is not None else float(settings["skip_early_cfg"])
-    check_skip_early_cfg(skip_early)
+    # The flags the user gave, over the model's recommended recipe, over diffusers' (30 steps, 7.5).
+    recipe = model_recipe(source).with_overrides(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        scheduler=args.scheduler,
+        skip_early_cfg=args.skip_early_cfg,
+        height=args.height,
+        width=args.width,
+    )
 
     pipe = load_pipeline(source, torch_dtype=dtype).to(device)
     tokens = [load_concept(pipe, src, token) for src, token in map(split_concept_arg, args.concept)]
@@ -102,23 +107,22 @@ def run(args: argparse.Namespace) -> int:
         if not any(token in prompt for prompt in args.prompt):
             log.warning("note: concept %s is loaded but no prompt mentions it", token)
     size = native_size(pipe)
-    height = args.height or int(settings.get("height") or size)
-    width = args.width or int(settings.get("width") or size)
-    sampler = set_scheduler(pipe, scheduler)
+    recipe = recipe.with_overrides(height=recipe.height or size, width=recipe.width or size)
+    sampler = set_scheduler(pipe, recipe.scheduler)
     model_name = "textinv-toy" if source.kind == "toy" else Path(source.path_or_id).name
 
     out_dir = Path(args.out or Path("outputs") / time.strftime("%Y%m%d-%H%M%S"))
     describe = functools.partial(
         infotext,
-        steps=steps,
-        guidance_scale=guidance,
-        width=width,
-        height=height,
+        steps=recipe.num_inference_steps,
+        guidance_scale=recipe.guidance_scale,
+        width=recipe.width,
+        height=recipe.height,
         sampler=sampler,
         negative_prompt=args.negative,
         model=model_name,
         concepts=tokens,
-        skip_early_cfg=skip_early,
+        skip_early_cfg=recipe.skip_early_cfg,
     )
     all_images = []
     for prompt in args.prompt:
@@ -127,14 +131,10 @@ def run(args: argparse.Namespace) -> int:
             prompt,
             num_images=args.num_images,
             seed=args.seed,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
             negative_prompt=args.negative,
-            height=height,
-            width=width,
             scheduler=None,  # already set above, once for all prompts
             progress=not args.quiet,
-            skip_early_cfg=skip_early,
+            **recipe.generate_kwargs(),
         )
         for i, image in enumerate(images):
             seed = args.seed + i

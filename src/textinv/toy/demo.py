@@ -84,20 +84,18 @@ def sample(
     pipe, prompt: str, num_images: int, seed: int = 0, model: str | None = None, **overrides: Any
 ) -> list[Image.Image]:
     """`textinv generate` at the model's recommended settings (the toy model's by default)."""
-    from textinv.models import model_defaults, resolve_model_source
-    from textinv.sample import generate_images
+    from textinv.models import resolve_model_source
+    from textinv.sample import generate_images, model_recipe
 
-    settings = {**model_defaults(resolve_model_source(model), "generate"), **overrides}
+    recipe = model_recipe(resolve_model_source(model)).with_overrides(**overrides)
     return generate_images(
         pipe,
         prompt,
         num_images=num_images,
         seed=seed,
-        num_inference_steps=int(settings.get("num_inference_steps", 30)),
-        guidance_scale=float(settings.get("guidance_scale", 7.5)),
-        scheduler=settings.get("scheduler"),
+        scheduler=recipe.scheduler,
         progress=False,
-        skip_early_cfg=float(settings.get("skip_early_cfg", 0.0)),
+        **recipe.generate_kwargs(),
     )
 
 
