@@ -321,6 +321,7 @@ def test_cpu_conv_auto_times_both_records_the_choice_and_resume_keeps_it(sd1_mod
 
     monkeypatch.setattr(textinv.speed, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
     monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_native)
+    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda run_step: ("blas", {}))  # its own test below
     monkeypatch.setattr(textinv.train, "_diffusion_loss", loss_noting_kernels)
     out = tmp_path / "auto"
     assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
@@ -344,6 +345,103 @@ def test_cpu_conv_auto_times_both_records_the_choice_and_resume_keeps_it(sd1_mod
     monkeypatch.setattr(textinv.speed, "AUTO_MIN_STEPS", 20)
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "short", steps=1)) == 0
     assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
+
+
+def test_onednn_linear_gives_the_blas_results_and_leaves_trainable_layers_alone():
+    """`cpu_matmul_kernels("onednn")` computes frozen linear layers' outputs and input gradients as BLAS does
+    (summation order aside); a layer whose weight trains keeps PyTorch's own path and gets its gradient."""
+    import textinv.speed
+    from textinv.speed import cpu_matmul_kernels
+
+    torch.manual_seed(0)
+    frozen = torch.nn.Linear(48, 40).requires_grad_(False)
+    trainable = torch.nn.Linear(40, 8)
+    x0 = torch.randn(2, 7, 48)
+    results, used = {}, []
+    gemm = textinv.speed._onednn_gemm
+
+    def noting_gemm(x, weight, bias):
+        used.append(tuple(weight.shape))
+        return gemm(x, weight, bias)
+
+    textinv.speed._onednn_gemm = noting_gemm
+    try:
+        for kernels in ("blas", "onednn"):
+            trainable.zero_grad()
+            x = x0.clone().requires_grad_(True)
+            with cpu_matmul_kernels(kernels):
+                y = trainable(frozen(x))
+                (y * y).sum().backward()
+            results[kernels] = (y.detach(), x.grad, trainable.weight.grad.clone())
+    finally:
+        textinv.speed._onednn_gemm = gemm
+    assert used == [(40, 48), (48, 40)]  # the frozen layer's forward and its input gradient, nothing else
+    for ours, blas in zip(results["onednn"], results["blas"], strict=True):
+        torch.testing.assert_close(ours, blas, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("onednn_s", "expected"), [(0.02, "onednn"), (0.05, "blas"), (0.029, "blas")])
+def test_pick_cpu_matmul_keeps_onednn_only_when_clearly_faster(onednn_s, expected, monkeypatch):
+    import time
+
+    import textinv.speed
+
+    layer = torch.nn.Linear(4, 4).requires_grad_(False)
+    on_onednn = []
+    gemm = textinv.speed._onednn_gemm
+    monkeypatch.setattr(textinv.speed, "_onednn_gemm", lambda *a: on_onednn.append(1) or gemm(*a))
+
+    def step():
+        before = len(on_onednn)
+        layer(torch.ones(1, 4))
+        time.sleep(onednn_s if len(on_onednn) > before else 0.030)
+
+    choice, seconds = textinv.speed.pick_cpu_matmul(step)
+    assert choice == expected and set(seconds) == {"blas", "onednn"}
+
+
+def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
+    sd1_model, concept_dir, tmp_path, monkeypatch
+):
+    """`--cpu_matmul auto` times a real step, trains every step's linear layers on the choice, stores it in
+    checkpoints (a resumed run keeps it, untimed); `--cpu_matmul blas` and `onednn` learn the same rows."""
+    import json
+
+    from helpers import learned, run_cli, train_args
+
+    import textinv.speed
+    import textinv.train
+
+    picks, gemm_calls = [], []
+    gemm = textinv.speed._onednn_gemm
+    monkeypatch.setattr(textinv.speed, "_onednn_gemm", lambda *a: gemm_calls.append(1) or gemm(*a))
+
+    def pick_onednn(run_step, repeats=2):
+        run_step()
+        picks.append("timed")
+        return "onednn", {"blas": 2.0, "onednn": 1.0}
+
+    monkeypatch.setattr(textinv.speed, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", lambda run_step: ("onednn", {"onednn": 1.0, "native": 1.0}))
+    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", pick_onednn)
+    out = tmp_path / "auto"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
+    assert picks == ["timed"] and gemm_calls
+    assert json.loads((out / "checkpoint-2" / "training_state.json").read_text())["cpu_matmul"] == "onednn"
+    gemm_calls.clear()
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
+    assert picks == ["timed"] and gemm_calls, "a resumed run keeps oneDNN without timing again"
+
+    rows = {}
+    for kernels in ("blas", "onednn"):
+        gemm_calls.clear()
+        run = tmp_path / kernels
+        assert run_cli(train_args(sd1_model, concept_dir, run, "--cpu_matmul", kernels, steps=3)) == 0
+        assert bool(gemm_calls) == (kernels == "onednn")
+        rows[kernels] = learned(run)["<cat-toy>"]
+    torch.testing.assert_close(rows["onednn"], rows["blas"], rtol=1e-4, atol=1e-5)
+    assert picks == ["timed"]  # explicit choices are never timed
 
 
 def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch):

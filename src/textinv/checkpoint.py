@@ -41,6 +41,8 @@ class TrainingState:
     base_model: str
     # The CPU convolution kernels `--cpu_conv auto` chose, so a resumed run keeps them ("" if none).
     cpu_conv: str = ""
+    # Likewise the matrix-product kernels of `--cpu_matmul auto`.
+    cpu_matmul: str = ""
 
 
 def save_checkpoint(

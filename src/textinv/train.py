@@ -38,7 +38,14 @@ from textinv.hub import push_output_dir, write_model_card
 from textinv.models import load_pipeline, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
 from textinv.sample import SamplingRecipe, model_recipe
-from textinv.speed import apply_speedups, cpu_conv_kernels, limit_heap_fragmentation, pick_cpu_conv
+from textinv.speed import (
+    apply_speedups,
+    cpu_conv_kernels,
+    cpu_matmul_kernels,
+    limit_heap_fragmentation,
+    pick_cpu_conv,
+    pick_cpu_matmul,
+)
 from textinv.tokens import (
     add_placeholder_tokens,
     bake_placeholder_rows,
@@ -232,6 +239,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         lambda: _probe_step(loss_of, first_draws, new_rows.rows),
     )
 
+    def probe_matmul() -> None:
+        with cpu_conv_kernels(conv_kernels):
+            _probe_step(loss_of, first_draws, new_rows.rows)
+
+    training_state.cpu_matmul = matmul_kernels = _choose_cpu_matmul(
+        cfg, accelerator, resume_state.cpu_matmul if resume_state else "", total_steps - global_step, probe_matmul
+    )
+
     # 6. The loop.
     from tqdm.auto import tqdm
 
@@ -243,7 +258,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for micro in range(accum):
             first = samples_seen + micro * global_batch + accelerator.process_index * per_process
             draws = stream.draw(range(first, first + per_process))
-            with cpu_conv_kernels(conv_kernels):
+            with cpu_conv_kernels(conv_kernels), cpu_matmul_kernels(matmul_kernels):
                 loss = loss_of(draws)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
@@ -395,6 +410,37 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: in
             seconds["native"],
             choice[0],
         )
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(choice)
+    return choice[0]
+
+
+def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
+    """The linear layers' CPU kernels, chosen as `_choose_cpu_conv` chooses the convolutions'."""
+    if accelerator.device.type != "cpu":
+        return ""
+    if cfg.cpu_matmul == "onednn" and not speed.onednn_linear_available():
+        raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
+    if cfg.cpu_matmul != "auto":
+        return cfg.cpu_matmul
+    if resumed:
+        return resumed
+    if steps_left < speed.AUTO_MIN_STEPS:
+        return "blas"  # too short to win the timing back
+    if cfg.mixed_precision != "no" or cfg.fp8_base or cfg.torch_compile != "no":
+        return "blas"  # no fp32 F.linear calls to send to oneDNN (half or fp8 weights, compiled graph)
+    choice = ["blas"]
+    if accelerator.is_main_process:
+        choice[0], seconds = pick_cpu_matmul(probe)
+        if seconds:
+            log.info(
+                "CPU matrix products: BLAS %.2f s, oneDNN %.2f s per step; using %s (--cpu_matmul sets it)",
+                seconds["blas"],
+                seconds["onednn"],
+                choice[0],
+            )
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
