@@ -62,3 +62,11 @@ def test_text_phase_learns_to_read_captions():
     build.pretrain_text_encoder(cfg, scenes, CLIPTokenizer.from_pretrained(build.TOKENIZER_SOURCE), lines.append)
     losses = [float(line.split(" loss ")[1].split()[0]) for line in lines]
     assert len(losses) == 2 and losses[-1] < 0.5 * losses[0], lines
+
+
+def test_the_shipped_textinv_json_is_the_recipes():
+    """The toy model's settings file is what `build` writes (edited in one place: build.RECOMMENDED_SETTINGS)."""
+    from textinv.models import TOY_MODEL_DIR
+    from textinv.toy import build
+
+    assert json.loads((TOY_MODEL_DIR / "textinv.json").read_text()) == build.RECOMMENDED_SETTINGS

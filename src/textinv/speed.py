@@ -11,7 +11,7 @@ bench/RESULTS.md has the numbers.
 - CPU matrix products of the frozen linear layers (`--cpu_matmul`, kept, default `auto`): PyTorch's
   x86 wheels run fp32 `nn.Linear` on MKL, which takes its AVX2 code path on AMD CPUs; oneDNN (also in
   the wheel) picks its kernels by instruction set. On a 2-core AMD EPYC (Zen 4) oneDNN's GEMM ran the
-  UNet's and text encoder's linear shapes 1.2-1.9x faster, the whole SD-1.5 step about 8% faster.
+  UNet's and text encoder's linear shapes 1.2-1.9x faster, the whole SD-1.5 step about 10% faster.
   `auto` times it like `--cpu_conv`. Same maths, other summation order; input gradients only, so
   only frozen weights take this path.
 - glibc's heap on CPU (`limit_heap_fragmentation`, kept, automatic): by default glibc serves blocks up
@@ -40,12 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-# `auto` only switches when the native kernels win clearly: both kernels do the same maths, and a
-# coin-flip between near-equal timings would make two runs of one command differ in rounding.
-NATIVE_MIN_GAIN = 0.10
-# oneDNN's GEMM, where it wins, wins by about 10% of a step (its share of the step is smaller than the
-# convolutions'), so its bar is lower; still above what separates two timings of the same kernels.
-MATMUL_MIN_GAIN = 0.05
+# `auto` switches away from PyTorch's defaults only when the other kernels win clearly: both do the same
+# maths, and a coin-flip between near-equal timings would make two runs of one command differ in rounding.
+# Each lever's gain is 5-15% of an SD-1.5 step on the machines where it wins (native convolutions 9-18%,
+# oneDNN's GEMM 6-10% on a 2-core EPYC), so the bar sits below that and above the spread of two timings.
+MIN_GAIN = 0.05
 # Timing costs four steps per switch; a run shorter than this cannot win them back, so `auto` keeps the defaults.
 AUTO_MIN_STEPS = 20
 _M_MMAP_THRESHOLD = -3  # mallopt() parameter number, from glibc's malloc.h
@@ -83,14 +82,14 @@ def cpu_conv_kernels(kernels: str) -> Iterator[None]:
 
 def pick_cpu_conv(run_step: Callable[[], None], repeats: int = 2) -> tuple[str, dict[str, float]]:
     """Time `run_step` (one forward + backward of the real first batch) with each kernel set; keep the faster."""
-    return _pick_faster(run_step, cpu_conv_kernels, ("onednn", "native"), repeats, NATIVE_MIN_GAIN)
+    return _pick_faster(run_step, cpu_conv_kernels, ("onednn", "native"), repeats, MIN_GAIN)
 
 
 def pick_cpu_matmul(run_step: Callable[[], None], repeats: int = 2) -> tuple[str, dict[str, float]]:
     """As `pick_cpu_conv`, for the linear layers' matrix products: PyTorch's BLAS or oneDNN's GEMM."""
     if not onednn_linear_available():
         return "blas", {}
-    return _pick_faster(run_step, cpu_matmul_kernels, ("blas", "onednn"), repeats, MATMUL_MIN_GAIN)
+    return _pick_faster(run_step, cpu_matmul_kernels, ("blas", "onednn"), repeats, MIN_GAIN)
 
 
 def _pick_faster(

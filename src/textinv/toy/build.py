@@ -50,6 +50,10 @@ RECOMMENDED_SETTINGS = {
         # The world never draws a mirror image: a flipped checkered example has its checker phase inverted,
         # which the model has never seen, and the bundled style then drew checkered in 24 of 32 samples, not 32.
         "flip_p": 0.0,
+        # A toy step takes 0.06-0.1 s on a CPU: timing kernels cannot pay, and both convolution sets tie there
+        # (oneDNN's GEMM is slower), so the kernels are fixed and every run of one command rounds alike.
+        "cpu_conv": "onednn",
+        "cpu_matmul": "blas",
         # A style (one background across shapes) needs larger steps than an object, and the near-pure-noise
         # timesteps that Min-SNR turns down are where a background is learned (bench/toy_targets.py).
         "by_property": {"style": {"learning_rate": 1e-2, "snr_gamma": 0}},
