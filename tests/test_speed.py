@@ -402,6 +402,18 @@ def test_pick_cpu_matmul_keeps_onednn_only_when_clearly_faster(onednn_s, expecte
     assert choice == expected and set(seconds) == {"blas", "onednn"}
 
 
+def test_pick_cpu_matmul_falls_back_to_blas_when_onednn_cannot_run(monkeypatch, caplog):
+    import textinv.speed
+
+    def broken(*_args):
+        raise RuntimeError("could not create a primitive\nmore detail")
+
+    monkeypatch.setattr(textinv.speed, "_onednn_gemm", broken)
+    layer = torch.nn.Linear(4, 4).requires_grad_(False)
+    assert textinv.speed.pick_cpu_matmul(lambda: layer(torch.ones(1, 4))) == ("blas", {})
+    assert "could not create a primitive); using BLAS" in caplog.text
+
+
 def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
     sd1_model, concept_dir, tmp_path, monkeypatch
 ):
@@ -529,3 +541,14 @@ def test_embedding_drift_compares_each_trainer_with_textinv_of_the_same_precisio
     assert text.splitlines() == [
         "- reference (fp16): final embedding max |difference| from textinv's 5.00e-01 (norms 2.693 / 2.236)"
     ]
+
+
+def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
+    from helpers import run_cli, train_args
+
+    import textinv.speed
+
+    monkeypatch.setattr(textinv.speed, "onednn_linear_available", lambda: False)
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "o", "--cpu_matmul", "onednn", steps=1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cpu_matmul onednn" in err and "use --cpu_matmul blas" in err and "\n" not in err, err

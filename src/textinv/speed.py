@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+log = logging.getLogger(__name__)
 
 # `auto` switches away from PyTorch's defaults only when the other kernels win clearly: both do the same
 # maths, and a coin-flip between near-equal timings would make two runs of one command differ in rounding.
@@ -89,7 +92,11 @@ def pick_cpu_matmul(run_step: Callable[[], None], repeats: int = 2) -> tuple[str
     """As `pick_cpu_conv`, for the linear layers' matrix products: PyTorch's BLAS or oneDNN's GEMM."""
     if not onednn_linear_available():
         return "blas", {}
-    return _pick_faster(run_step, cpu_matmul_kernels, ("blas", "onednn"), repeats, MIN_GAIN)
+    try:
+        return _pick_faster(run_step, cpu_matmul_kernels, ("blas", "onednn"), repeats, MIN_GAIN)
+    except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build that cannot run these products
+        log.warning("oneDNN matrix products failed on this CPU (%s); using BLAS", str(exc).splitlines()[0])
+        return "blas", {}
 
 
 def _pick_faster(

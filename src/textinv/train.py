@@ -246,6 +246,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     training_state.cpu_matmul = matmul_kernels = _choose_cpu_matmul(
         cfg, accelerator, resume_state.cpu_matmul if resume_state else "", total_steps - global_step, probe_matmul
     )
+    new_rows.rows.grad = None  # whatever a probe left behind, the first step starts clean
 
     # 6. The loop.
     from tqdm.auto import tqdm
