@@ -376,6 +376,14 @@ def test_onednn_linear_gives_the_blas_results_and_leaves_trainable_layers_alone(
     finally:
         textinv.speed._onednn_gemm = gemm
     assert used == [(40, 48), (48, 40)]  # the frozen layer's forward and its input gradient, nothing else
+    textinv.speed._onednn_gemm = noting_gemm
+    try:
+        with cpu_matmul_kernels("onednn"):  # called with keywords, as some libraries do
+            by_keyword = torch.nn.functional.linear(input=x0, weight=frozen.weight, bias=frozen.bias)
+    finally:
+        textinv.speed._onednn_gemm = gemm
+    assert used[2:] == [(40, 48)]
+    torch.testing.assert_close(by_keyword, frozen(x0), rtol=1e-5, atol=1e-5)
     for ours, blas in zip(results["onednn"], results["blas"], strict=True):
         torch.testing.assert_close(ours, blas, rtol=1e-5, atol=1e-5)
 

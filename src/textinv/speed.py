@@ -163,8 +163,8 @@ class _OneDNNLinearMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get("bias")
+            given = {**dict(zip(("input", "weight", "bias"), args, strict=False)), **kwargs}
+            x, weight, bias = given.get("input"), given.get("weight"), given.get("bias")
             if _takes_onednn_path(x, weight, bias):
                 return _FrozenLinear.apply(x, weight, bias)
         return func(*args, **kwargs)
