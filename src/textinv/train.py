@@ -388,7 +388,41 @@ def _probe_step(loss_of, draws, rows) -> None:
 
 
 def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
-    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`speed.pick_cpu_conv`).
+    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`speed.pick_cpu_conv`)."""
+    return _choose_cpu_kernels(
+        accelerator, cfg.cpu_conv, resumed, steps_left, probe, pick_cpu_conv,
+        default="onednn", flag="--cpu_conv", what="convolutions", labels={"onednn": "oneDNN", "native": "native"},
+    )  # fmt: skip
+
+
+def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
+    """The linear layers' CPU kernels, chosen as the convolutions' are (`speed.pick_cpu_matmul`)."""
+    if accelerator.device.type == "cpu" and cfg.cpu_matmul == "onednn" and not speed.onednn_linear_available():
+        raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
+    # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN.
+    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and cfg.torch_compile == "no"
+    return _choose_cpu_kernels(
+        accelerator, cfg.cpu_matmul, resumed, steps_left, probe, pick_cpu_matmul,
+        default="blas", flag="--cpu_matmul", what="matrix products", labels={"blas": "BLAS", "onednn": "oneDNN"},
+        worth_timing=worth_timing,
+    )  # fmt: skip
+
+
+def _choose_cpu_kernels(
+    accelerator,
+    given: str,
+    resumed: str,
+    steps_left: int,
+    probe,
+    pick,
+    *,
+    default: str,
+    flag: str,
+    what: str,
+    labels: dict[str, str],
+    worth_timing: bool = True,
+) -> str:
+    """One CPU kernel switch's setting: the user's, the resumed run's, or timed with `pick(probe)`.
 
     Only the main process times; every process uses its choice, so they all run the same kernels.
     """
@@ -396,52 +430,18 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: in
         # The switch only concerns CPU kernels. Nothing is chosen, so a checkpoint records no choice and a
         # run that resumes it on a CPU with `auto` times the kernels there.
         return ""
-    if cfg.cpu_conv != "auto":
-        return cfg.cpu_conv
+    if given != "auto":
+        return given
     if resumed:
         return resumed
-    if steps_left < speed.AUTO_MIN_STEPS:
-        return "onednn"
-    choice = ["onednn"]
+    if steps_left < speed.AUTO_MIN_STEPS or not worth_timing:
+        return default  # too short to win the timing back, or nothing the switch would change
+    choice = [default]
     if accelerator.is_main_process:
-        choice[0], seconds = pick_cpu_conv(probe)
-        log.info(
-            "CPU convolutions: oneDNN %.2f s, native %.2f s per step; using %s (--cpu_conv sets it)",
-            seconds["onednn"],
-            seconds["native"],
-            choice[0],
-        )
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(choice)
-    return choice[0]
-
-
-def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
-    """The linear layers' CPU kernels, chosen as `_choose_cpu_conv` chooses the convolutions'."""
-    if accelerator.device.type != "cpu":
-        return ""
-    if cfg.cpu_matmul == "onednn" and not speed.onednn_linear_available():
-        raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
-    if cfg.cpu_matmul != "auto":
-        return cfg.cpu_matmul
-    if resumed:
-        return resumed
-    if steps_left < speed.AUTO_MIN_STEPS:
-        return "blas"  # too short to win the timing back
-    if cfg.mixed_precision != "no" or cfg.fp8_base or cfg.torch_compile != "no":
-        return "blas"  # no fp32 F.linear calls to send to oneDNN (half or fp8 weights, compiled graph)
-    choice = ["blas"]
-    if accelerator.is_main_process:
-        choice[0], seconds = pick_cpu_matmul(probe)
+        choice[0], seconds = pick(probe)
         if seconds:
-            log.info(
-                "CPU matrix products: BLAS %.2f s, oneDNN %.2f s per step; using %s (--cpu_matmul sets it)",
-                seconds["blas"],
-                seconds["onednn"],
-                choice[0],
-            )
+            timings = ", ".join(f"{labels[name]} {seconds[name]:.2f} s" for name in labels)
+            log.info("CPU %s: %s per step; using %s (%s sets it)", what, timings, choice[0], flag)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
