@@ -89,7 +89,7 @@ def _is_count(value: Any, least: int = 1, step: int = 1) -> bool:
 
 
 def _is_scheduler(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.lower().replace("_", "-") in SCHEDULERS)
+    return value is None or (isinstance(value, str) and scheduler_key(value) in SCHEDULERS)
 
 
 def _is_size(value: Any) -> bool:
@@ -128,6 +128,11 @@ def model_recipe(source: Any, base: SamplingRecipe | None = None) -> SamplingRec
     return recipe_from_settings(model_defaults(source, "generate"), where, base)
 
 
+def scheduler_key(name: str) -> str:
+    """A scheduler name as `SCHEDULERS` spells it: euler_a, Euler-A and euler-a are one."""
+    return name.lower().replace("_", "-")
+
+
 def set_scheduler(pipe: Any, name: str | None) -> str:
     """Swap the pipeline's scheduler for `name` (keeping its noise schedule); return the A1111 sampler name."""
     import diffusers
@@ -135,7 +140,7 @@ def set_scheduler(pipe: Any, name: str | None) -> str:
     if name is None:
         cls = type(pipe.scheduler).__name__
         return _SAMPLER_BY_CLASS.get(cls, cls)
-    key = name.lower().replace("_", "-")
+    key = scheduler_key(name)
     if key not in SCHEDULERS:
         raise TextinvError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra, sampler = SCHEDULERS[key]

@@ -16,7 +16,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def register(subparsers) -> None:
-    from textinv.sample import SCHEDULERS
+    from textinv.sample import SCHEDULERS, scheduler_key
 
     p = subparsers.add_parser(
         "generate",
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
     p.add_argument(
         "--scheduler",
-        type=lambda name: name.lower().replace("_", "-"),  # euler_a and euler-a both work
+        type=scheduler_key,
         choices=sorted(SCHEDULERS),
         default=None,
         help="default: the model's own",
