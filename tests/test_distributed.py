@@ -53,7 +53,7 @@ def test_two_processes_share_the_timed_cpu_convolution_choice(sd1_model, concept
 
     out = tmp_path / "auto"
     proc = _launch(2, _args(sd1_model, concept_dir, out, 1, 20, "--cpu_conv", "auto"))
-    assert proc.stderr.count("CPU convolutions:") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("CPU convolutions, one step's calls:") == 1, proc.stderr[-3000:]
     state = json.loads((out / "checkpoint-20" / "training_state.json").read_text())
     assert state["cpu_conv"] in ("onednn", "native")
     assert learned(out)["<cat-toy>"].isfinite().all()

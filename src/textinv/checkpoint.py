@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,8 +39,10 @@ class TrainingState:
     embedding_dim: int
     samples_seen: int
     base_model: str
-    # The CPU convolution kernels `--cpu_conv auto` chose, so a resumed run keeps them ("" if none).
+    # The CPU convolution kernels `--cpu_conv auto` chose, so a resumed run keeps them ("" if none),
+    # and the shapes that run on the other kernels (`cpu_kernels.ConvPlan`).
     cpu_conv: str = ""
+    cpu_conv_shapes: dict[str, str] = field(default_factory=dict)
     # Likewise the matrix-product kernels of `--cpu_matmul auto`.
     cpu_matmul: str = ""
 

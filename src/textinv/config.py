@@ -148,16 +148,18 @@ class TrainConfig:
     )
     cpu_conv: str = _flag(
         "auto",
-        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time one step "
-        "with each before training, keep the faster; native was 1.1x faster per step for SD-1.5 at 256 px on a 2-core "
-        "AMD EPYC). Same maths; no effect on GPUs.",
+        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time each convolution "
+        "shape of one step on both before training and run each on its faster set; for SD-1.5 at 256 px on a 2-core "
+        "AMD EPYC: native on the small deep maps, oneDNN on the 32x32 and 16x16 ones: steps 1.07x faster than "
+        "all-native, itself 1.3x faster than oneDNN). Same maths; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
     cpu_matmul: str = _flag(
         "auto",
         "CPU matrix products of the frozen linear layers for training: PyTorch's 'blas' (MKL on x86), 'onednn', "
-        "or 'auto' (time one step with each before training, keep the faster; oneDNN was 1.1x faster per step "
-        "for SD-1.5 at 256 px on a 2-core AMD EPYC, where MKL runs its AVX2 code). Same maths; no effect on GPUs.",
+        "or 'auto' (time one step's linear shapes with each before training, keep the faster; oneDNN was 1.1x faster "
+        "per step for SD-1.5 at 256 px on a 2-core AMD EPYC, where MKL runs its AVX2 code). Same maths; no effect "
+        "on GPUs.",
         choices=("auto", "blas", "onednn"),
     )
     no_safe_serialization: bool = _flag(

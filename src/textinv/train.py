@@ -9,6 +9,7 @@ counter-based, so runs are resumable bitwise and split over processes without ch
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -21,8 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from textinv import checkpoint as ckpt
-from textinv import speed
 from textinv.config import TrainConfig
+from textinv.cpu_kernels import (
+    AUTO_MIN_STEPS,
+    ConvPlan,
+    cpu_conv_kernels,
+    cpu_matmul_kernels,
+    onednn_linear_available,
+    pick_cpu_conv,
+    pick_cpu_matmul,
+    record_kernel_calls,
+)
 from textinv.data import (
     SampleStream,
     cache_latent_posteriors,
@@ -38,14 +48,7 @@ from textinv.hub import push_output_dir, write_model_card
 from textinv.models import load_pipeline, resolve_model_source
 from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
 from textinv.sample import SamplingRecipe, model_recipe
-from textinv.speed import (
-    apply_speedups,
-    cpu_conv_kernels,
-    cpu_matmul_kernels,
-    limit_heap_fragmentation,
-    pick_cpu_conv,
-    pick_cpu_matmul,
-)
+from textinv.speed import apply_speedups, limit_heap_fragmentation
 from textinv.tokens import (
     add_placeholder_tokens,
     bake_placeholder_rows,
@@ -230,23 +233,15 @@ def train(cfg: TrainConfig) -> TrainResult:
             draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, cfg.snr_gamma
         )
 
+    # CPU kernels (`--cpu_conv`, `--cpu_matmul` auto): timed on the calls one real forward makes, recorded once.
     first_draws = stream.draw(range(per_process))
-    training_state.cpu_conv = conv_kernels = _choose_cpu_conv(
-        cfg,
-        accelerator,
-        resume_state.cpu_conv if resume_state else "",
-        total_steps - global_step,
-        lambda: _probe_step(loss_of, first_draws, new_rows.rows),
-    )
-
-    def probe_matmul() -> None:
-        with cpu_conv_kernels(conv_kernels):
-            _probe_step(loss_of, first_draws, new_rows.rows)
-
+    kernel_calls = functools.cache(lambda: record_kernel_calls(lambda: loss_of(first_draws)))
+    steps_left = total_steps - global_step
+    conv_plan = _choose_cpu_conv(cfg, accelerator, resume_state, steps_left, kernel_calls)
+    training_state.cpu_conv, training_state.cpu_conv_shapes = conv_plan.kernels, conv_plan.shapes
     training_state.cpu_matmul = matmul_kernels = _choose_cpu_matmul(
-        cfg, accelerator, resume_state.cpu_matmul if resume_state else "", total_steps - global_step, probe_matmul
+        cfg, accelerator, resume_state.cpu_matmul if resume_state else "", steps_left, kernel_calls
     )
-    new_rows.rows.grad = None  # whatever a probe left behind, the first step starts clean
 
     # 6. The loop.
     from tqdm.auto import tqdm
@@ -259,7 +254,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for micro in range(accum):
             first = samples_seen + micro * global_batch + accelerator.process_index * per_process
             draws = stream.draw(range(first, first + per_process))
-            with cpu_conv_kernels(conv_kernels), cpu_matmul_kernels(matmul_kernels):
+            with cpu_conv_kernels(conv_plan), cpu_matmul_kernels(matmul_kernels):
                 loss = loss_of(draws)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
@@ -381,28 +376,25 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, pred
     return torch.clamp(gamma / snr, max=1.0)
 
 
-def _probe_step(loss_of, draws, rows) -> None:
-    """One forward + backward of a real batch whose gradient is thrown away: what `--cpu_conv auto` times."""
-    loss_of(draws).backward()
-    rows.grad = None
-
-
-def _choose_cpu_conv(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
-    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`speed.pick_cpu_conv`)."""
-    return _choose_cpu_kernels(
-        accelerator, cfg.cpu_conv, resumed, steps_left, probe, pick_cpu_conv,
-        default="onednn", flag="--cpu_conv", what="convolutions", labels={"onednn": "oneDNN", "native": "native"},
+def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: int, kernel_calls) -> ConvPlan:
+    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`pick_cpu_conv`)."""
+    resumed = ConvPlan(resume_state.cpu_conv, resume_state.cpu_conv_shapes) if resume_state else None
+    plan = _choose_cpu_kernels(
+        accelerator, cfg.cpu_conv, resumed if resumed and resumed.kernels else None, steps_left, kernel_calls,
+        pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
+        labels={"onednn": "oneDNN", "native": "native", "per shape": "per shape"},
     )  # fmt: skip
+    return ConvPlan(plan) if isinstance(plan, str) else plan
 
 
-def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, probe) -> str:
-    """The linear layers' CPU kernels, chosen as the convolutions' are (`speed.pick_cpu_matmul`)."""
-    if accelerator.device.type == "cpu" and cfg.cpu_matmul == "onednn" and not speed.onednn_linear_available():
+def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
+    """The linear layers' CPU kernels, chosen as the convolutions' are (`pick_cpu_matmul`)."""
+    if accelerator.device.type == "cpu" and cfg.cpu_matmul == "onednn" and not onednn_linear_available():
         raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
     # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN.
     worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and cfg.torch_compile == "no"
     return _choose_cpu_kernels(
-        accelerator, cfg.cpu_matmul, resumed, steps_left, probe, pick_cpu_matmul,
+        accelerator, cfg.cpu_matmul, resumed or None, steps_left, kernel_calls, pick_cpu_matmul,
         default="blas", flag="--cpu_matmul", what="matrix products", labels={"blas": "BLAS", "onednn": "oneDNN"},
         worth_timing=worth_timing,
     )  # fmt: skip
@@ -411,18 +403,18 @@ def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: 
 def _choose_cpu_kernels(
     accelerator,
     given: str,
-    resumed: str,
+    resumed,
     steps_left: int,
-    probe,
+    kernel_calls,
     pick,
     *,
-    default: str,
+    default,
     flag: str,
     what: str,
     labels: dict[str, str],
     worth_timing: bool = True,
-) -> str:
-    """One CPU kernel switch's setting: the user's, the resumed run's, or timed with `pick(probe)`.
+):
+    """One CPU kernel switch's setting: the user's, the resumed run's (None if none), or `pick(kernel_calls())`.
 
     Only the main process times; every process uses its choice, so they all run the same kernels.
     """
@@ -432,16 +424,16 @@ def _choose_cpu_kernels(
         return ""
     if given != "auto":
         return given
-    if resumed:
+    if resumed is not None:
         return resumed
-    if steps_left < speed.AUTO_MIN_STEPS or not worth_timing:
+    if steps_left < AUTO_MIN_STEPS or not worth_timing:
         return default  # too short to win the timing back, or nothing the switch would change
     choice = [default]
     if accelerator.is_main_process:
-        choice[0], seconds = pick(probe)
+        choice[0], seconds = pick(kernel_calls())
         if seconds:
             timings = ", ".join(f"{labels[name]} {seconds[name]:.2f} s" for name in labels)
-            log.info("CPU %s: %s per step; using %s (%s sets it)", what, timings, choice[0], flag)
+            log.info("CPU %s, one step's calls: %s; using %s (%s sets it)", what, timings, choice[0], flag)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 

@@ -1,0 +1,363 @@
+"""Which CPU kernels run the frozen convolutions and linear layers (`--cpu_conv`, `--cpu_matmul`).
+
+PyTorch's x86 wheels carry two implementations of each: oneDNN's and PyTorch's native convolutions, MKL's and
+oneDNN's GEMM. Both compute the same maths in another summation order, and which is faster depends on the CPU
+and on each call's shape (numbers in bench/RESULTS.md). On a 2-core Zen 4 at SD-1.5 size, 256 px:
+
+- convolutions: oneDNN is 10-25% faster on the 32x32 and 16x16 maps and 2-6x slower on the 8x8 and 4x4 ones,
+  so `auto` runs each convolution shape on the kernels that are faster for it ("native, oneDNN for 11 of 37
+  shapes": 6.7% off a UNet step against all-native);
+- linear layers: MKL takes its AVX2 code on AMD, oneDNN picks kernels by instruction set: 1.2-1.9x faster.
+
+`auto` decides before training from timings of the step's own calls: one forward is recorded
+(`record_kernel_calls`), then every distinct shape's forward and input gradient is timed a few times with each
+kernel set, interleaved, best reading counted (`time_kernel_calls`). Millisecond timings with a best-of reading
+stay reliable on a shared, noisy machine, where timing whole 3-second steps did not (run P, bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+log = logging.getLogger(__name__)
+
+# `auto` leaves PyTorch's default kernels (and, per shape, the run's main set) only for a clear win: both sets
+# do the same maths, and a coin-flip between near-equal timings would make two runs of one command differ in
+# rounding for nothing.
+MIN_GAIN = 0.05
+# Recording and timing cost a few seconds (≈ 10 s at SD-1.5 size, 256 px, on 2 cores); a run shorter than this
+# cannot win them back, so `auto` keeps the defaults.
+AUTO_MIN_STEPS = 20
+REPEATS = 3
+
+_ARGS = {
+    "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "linear": ("input", "weight", "bias"),
+}
+_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+_OPS = {"conv2d": F.conv2d, "linear": F.linear}
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """The shape of one frozen fp32 CPU convolution or linear call: what a kernel choice changes.
+
+    Calls of one shape cost the same, so a step's calls are counted by shape and each shape is timed once.
+    """
+
+    op: str  # "conv2d" or "linear"
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    has_bias: bool
+    params: tuple = ()  # conv2d's stride, padding, dilation, groups, as the call gave them
+    input_grad: bool = True  # the backward computes this call's input gradient
+
+    @property
+    def key(self) -> str:
+        """A stable text name of the shape, stored in checkpoints (`ConvPlan.shapes`)."""
+        return f"{list(self.input_shape)} {list(self.weight_shape)} {list(self.params)}"
+
+
+def _bind(func, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]] | None:
+    """`F.conv2d` / `F.linear` arguments by name, defaults filled in; None for any other function."""
+    op = "conv2d" if func is F.conv2d else "linear" if func is F.linear else None
+    if op is None:
+        return None
+    return op, {**_DEFAULTS, **dict(zip(_ARGS[op], args, strict=False)), **kwargs}
+
+
+def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
+    """A call whose kernels we may choose: fp32 on the CPU, and no gradient wanted for the weight or bias."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return all(
+        isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors
+    ) and not any(t.requires_grad for t in tensors[1:])
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _call_of(op: str, given: dict[str, Any], out: torch.Tensor) -> KernelCall:
+    x, weight = given["input"], given["weight"]
+    params = tuple(_hashable(given[k]) for k in _ARGS[op][3:])
+    return KernelCall(
+        op, tuple(x.shape), tuple(weight.shape), tuple(out.shape), given["bias"] is not None, params, x.requires_grad
+    )
+
+
+def _conv_key(given: dict[str, Any]) -> str:
+    """`KernelCall.key` of a live conv2d call, without running it."""
+    params = [_hashable(given[k]) for k in _ARGS["conv2d"][3:]]
+    return f"{list(given['input'].shape)} {list(given['weight'].shape)} {params}"
+
+
+class _KernelCensus(TorchFunctionMode):
+    """Counts, by shape, the frozen fp32 CPU `F.conv2d` and `F.linear` calls made inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[KernelCall] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        bound = _bind(func, args, kwargs)
+        if bound is not None and isinstance(out, torch.Tensor):
+            op, given = bound
+            if _frozen_fp32_cpu(given["input"], given["weight"], given["bias"]):
+                self.calls[_call_of(op, given, out)] += 1
+        return out
+
+
+def record_kernel_calls(run_forward) -> Counter[KernelCall]:
+    """The frozen convolution and linear calls, by shape, that `run_forward` (one training forward) makes."""
+    with _KernelCensus() as census:
+        run_forward()
+    return census.calls
+
+
+def _run_call(call: KernelCall, x: torch.Tensor, weight: torch.Tensor, bias, grad: torch.Tensor) -> None:
+    """One call's forward and, where training computes it, its input gradient (never a weight gradient)."""
+    y = _OPS[call.op](x, weight, bias, *call.params)
+    if call.input_grad:
+        torch.autograd.grad(y, x, grad)
+
+
+def time_kernel_calls(
+    calls, switch, choices: tuple[str, ...], repeats: int = REPEATS
+) -> dict[KernelCall, dict[str, float]]:
+    """Best seconds of one call of each shape in `calls` under each of `switch`'s `choices`.
+
+    Each shape runs `repeats` times per choice, choices interleaved, on random data of its shape (the speed
+    of fp32 kernels does not depend on the values). The best reading counts, so a busy moment on a shared
+    machine or a one-time cost (kernel generation, the allocator growing) spoils one reading, not the choice.
+    """
+    seconds = {}
+    for call in calls:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(call.input_shape, generator=gen).requires_grad_(call.input_grad)
+        weight = torch.randn(call.weight_shape, generator=gen) * 0.02
+        bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
+        grad = torch.randn(call.output_shape, generator=gen)
+        best = dict.fromkeys(choices, float("inf"))
+        for _ in range(repeats):
+            for kernels in choices:
+                with switch(kernels):
+                    start = time.perf_counter()
+                    _run_call(call, x, weight, bias, grad)
+                    best[kernels] = min(best[kernels], time.perf_counter() - start)
+        seconds[call] = best
+    return seconds
+
+
+# --- convolutions --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvPlan:
+    """The kernels a run's CPU convolutions use: one set for all, except the listed shapes.
+
+    `kernels` is "onednn" (PyTorch's default), "native", or "" (nothing chosen: as off the CPU). `shapes`
+    maps a `KernelCall.key` to the other set, for the shapes that run faster there.
+    """
+
+    kernels: str = ""
+    shapes: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.shapes:
+            return self.kernels
+        others = Counter(self.shapes.values())
+        names = {"onednn": "oneDNN", "native": "native"}
+        return self.kernels + "".join(f"; {names.get(k, k)} for {n} shape(s)" for k, n in sorted(others.items()))
+
+
+@contextlib.contextmanager
+def _mkldnn_enabled(enabled: bool) -> Iterator[None]:
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+
+
+def _pair(value: Any) -> list[int]:
+    return [value, value] if isinstance(value, int) else list(value)
+
+
+class _ConvOn(torch.autograd.Function):
+    """`F.conv2d` of a frozen weight on the given kernels, forward and input gradient alike."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, params: tuple, onednn: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.params, ctx.onednn = params, onednn
+        with _mkldnn_enabled(onednn):
+            return F.conv2d(x, weight, bias, *params)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.params
+        with _mkldnn_enabled(ctx.onednn):
+            grad_input = _convolution_backward(
+                grad, x, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
+                [True, False, False],
+            )[0]  # fmt: skip
+        return grad_input, None, None, None, None
+
+
+def _convolution_backward(*args):
+    """aten's convolution backward; a name of its own, so tests can see which kernels it ran on."""
+    return torch.ops.aten.convolution_backward(*args)
+
+
+def _routable(params: tuple) -> bool:
+    """Whether `_ConvOn` can take a call: integer stride, padding and dilation (not padding="same")."""
+    stride, padding, dilation, groups = params
+    return all(isinstance(v, int) or all(isinstance(i, int) for i in v) for v in (stride, padding, dilation))
+
+
+class _ConvPlanMode(TorchFunctionMode):
+    """Sends the convolutions whose shape the plan lists to `_ConvOn` with the other kernels."""
+
+    def __init__(self, shapes: dict[str, str]) -> None:
+        super().__init__()
+        self.shapes = shapes
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            _, given = _bind(func, args, kwargs)
+            if _frozen_fp32_cpu(given["input"], given["weight"], given["bias"]):
+                kernels = self.shapes.get(_conv_key(given))
+                params = tuple(given[k] for k in _ARGS["conv2d"][3:])
+                if kernels and _routable(params):
+                    return _ConvOn.apply(given["input"], given["weight"], given["bias"], params, kernels == "onednn")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cpu_conv_kernels(plan: ConvPlan | str) -> Iterator[None]:
+    """Run the convolutions inside (forward and backward) on the plan's CPU kernels.
+
+    PyTorch picks the convolution backend per call, in the backward too, from one global switch, so the
+    context must cover the `backward()` call as well as the forward. "onednn" and "" leave the switch as
+    it is (PyTorch's default); the plan's listed shapes run on their own kernels either way.
+    """
+    plan = ConvPlan(plan) if isinstance(plan, str) else plan
+    with contextlib.ExitStack() as stack:
+        if plan.kernels == "native":
+            stack.enter_context(_mkldnn_enabled(False))
+        if plan.shapes:
+            stack.enter_context(_ConvPlanMode(plan.shapes))
+        yield
+
+
+def pick_cpu_conv(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[ConvPlan, dict[str, float]]:
+    """Time a step's convolutions (forward + input gradient) on both kernel sets and plan the faster per shape.
+
+    The run's main set is the one faster over the whole step (oneDNN unless native wins by `MIN_GAIN`); a
+    shape moves to the other set where that is faster for it by `MIN_GAIN`. Returns the plan and the step's
+    convolution seconds all on oneDNN, all native, and as planned.
+    """
+    convs = Counter({c: n for c, n in calls.items() if c.op == "conv2d"})
+    if not convs:
+        return ConvPlan("onednn"), {}
+    each = time_kernel_calls(convs, cpu_conv_kernels, ("onednn", "native"), repeats)
+    seconds = {k: sum(n * each[c][k] for c, n in convs.items()) for k in ("onednn", "native")}
+    main = "native" if seconds["native"] < (1 - MIN_GAIN) * seconds["onednn"] else "onednn"
+    other = "onednn" if main == "native" else "native"
+    moved = {c for c in convs if _routable(c.params) and each[c][other] < (1 - MIN_GAIN) * each[c][main]}
+    seconds["per shape"] = sum(n * each[c][other if c in moved else main] for c, n in convs.items())
+    return ConvPlan(main, {c.key: other for c in sorted(moved, key=lambda c: c.key)}), seconds
+
+
+# --- linear layers -------------------------------------------------------------------------------------------
+
+
+def onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias) on oneDNN, for x of any leading shape."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """`F.linear` through oneDNN for a frozen weight: the backward gives the input's gradient only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return _onednn_gemm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return _onednn_gemm(grad, weight.t(), None), None, None
+
+
+def _takes_onednn_path(x: Any, weight: Any, bias: Any) -> bool:
+    return (
+        _frozen_fp32_cpu(x, weight, bias)
+        and weight.dim() == 2
+        and x.dim() >= 1
+        and x.shape[-1] == weight.shape[1]
+        and x.numel() > 0
+    )
+
+
+class _OneDNNLinearMode(TorchFunctionMode):
+    """Sends every eligible `F.linear` call made inside it to `_FrozenLinear`; all else passes through."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            _, given = _bind(func, args, kwargs)
+            if _takes_onednn_path(given["input"], given["weight"], given["bias"]):
+                return _FrozenLinear.apply(given["input"], given["weight"], given["bias"])
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cpu_matmul_kernels(kernels: str) -> Iterator[None]:
+    """Run the frozen fp32 linear layers called inside on oneDNN's GEMM ("onednn"); a no-op for "blas" and "".
+
+    The backward of a product made inside runs on oneDNN too, wherever `backward()` is called.
+    """
+    if kernels != "onednn":
+        yield
+        return
+    with _OneDNNLinearMode():
+        yield
+
+
+def pick_cpu_matmul(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[str, dict[str, float]]:
+    """As `pick_cpu_conv`, for the linear layers' products, one set for all: PyTorch's BLAS or oneDNN's GEMM."""
+    linears = Counter({c: n for c, n in calls.items() if c.op == "linear"})
+    if not onednn_linear_available() or not linears:
+        return "blas", {}
+    try:
+        each = time_kernel_calls(linears, cpu_matmul_kernels, ("blas", "onednn"), repeats)
+    except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build that cannot run these products
+        log.warning("oneDNN matrix products failed on this CPU (%s); using BLAS", str(exc).splitlines()[0])
+        return "blas", {}
+    seconds = {k: sum(n * each[c][k] for c, n in linears.items()) for k in ("blas", "onednn")}
+    return ("onednn" if seconds["onednn"] < (1 - MIN_GAIN) * seconds["blas"] else "blas"), seconds

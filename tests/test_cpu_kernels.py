@@ -1,0 +1,428 @@
+"""CPU kernel choice (`--cpu_conv`, `--cpu_matmul`): the switches, the census of a step's calls, the timing, the
+per-shape convolution plan, and the trainer using, storing and resuming the choice."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textinv import cpu_kernels
+from textinv.cpu_kernels import (
+    ConvPlan,
+    KernelCall,
+    cpu_conv_kernels,
+    cpu_matmul_kernels,
+    pick_cpu_conv,
+    pick_cpu_matmul,
+    record_kernel_calls,
+)
+
+
+class _RecordsKernels(torch.autograd.Function):
+    """Identity whose forward and backward note whether oneDNN convolutions were enabled when they ran."""
+
+    seen: list[tuple[str, bool]] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        _RecordsKernels.seen.append(("forward", torch._C._get_mkldnn_enabled()))
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _RecordsKernels.seen.append(("backward", torch._C._get_mkldnn_enabled()))
+        return grad
+
+
+def test_cpu_conv_kernels_switch_covers_the_backward_and_is_restored():
+    before = torch._C._get_mkldnn_enabled()
+    _RecordsKernels.seen.clear()
+    x = torch.ones(3, requires_grad=True)
+    with cpu_conv_kernels("native"):
+        _RecordsKernels.apply(x).sum().backward()
+    assert _RecordsKernels.seen == [("forward", False), ("backward", False)]
+    assert torch._C._get_mkldnn_enabled() == before
+    with pytest.raises(RuntimeError), cpu_conv_kernels("native"):
+        raise RuntimeError("boom")
+    assert torch._C._get_mkldnn_enabled() == before
+    with cpu_conv_kernels("onednn"):
+        assert torch._C._get_mkldnn_enabled() == before
+    with cpu_conv_kernels(""):  # nothing chosen (off the CPU): PyTorch's default stays
+        assert torch._C._get_mkldnn_enabled() == before
+
+
+def test_native_and_onednn_convolutions_agree():
+    """The two kernel sets compute the same forward and input gradient (only the summation order differs)."""
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, 3, 3) * 0.05
+    x0 = torch.randn(2, 32, 16, 16)
+    results = {}
+    for kernels in ("onednn", "native"):
+        x = x0.clone().requires_grad_(True)
+        with cpu_conv_kernels(kernels):
+            y = F.conv2d(x, weight, padding=1)
+            (y * y).sum().backward()
+        results[kernels] = (y.detach(), x.grad)
+    torch.testing.assert_close(results["onednn"][0], results["native"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["onednn"][1], results["native"][1], rtol=1e-5, atol=1e-5)
+
+
+class _Net(torch.nn.Module):
+    """conv_in (input needs no gradient) -> + trainable offset -> the same 3x3 conv shape twice -> frozen linear
+    -> trainable linear: the shapes of a UNet step in miniature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_in = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(2)])
+        self.proj = torch.nn.Linear(8, 16)
+        self.requires_grad_(False)
+        self.offset = torch.nn.Parameter(torch.zeros(8, 1, 1))  # what "trains"
+        self.head = torch.nn.Linear(16, 4)  # trainable weight: never ours to route
+
+    def forward(self, x):
+        h = self.conv_in(x) + self.offset
+        for conv in self.convs:
+            h = conv(h)
+        return self.head(self.proj(h.flatten(2).transpose(1, 2)))
+
+
+def test_record_kernel_calls_counts_a_steps_frozen_calls_by_shape():
+    net = _Net()
+    calls = record_kernel_calls(lambda: net(torch.randn(1, 3, 6, 6)))
+    params = ((1, 1), (1, 1), (1, 1), 1)
+    assert calls == Counter(
+        {
+            KernelCall("conv2d", (1, 3, 6, 6), (8, 3, 3, 3), (1, 8, 6, 6), True, params, input_grad=False): 1,
+            KernelCall("conv2d", (1, 8, 6, 6), (8, 8, 3, 3), (1, 8, 6, 6), True, params, input_grad=True): 2,
+            KernelCall("linear", (1, 36, 8), (16, 8), (1, 36, 16), True, (), input_grad=True): 1,
+        }
+    )  # the trainable head is not counted: its weight gradient needs PyTorch's own path
+
+
+def test_time_kernel_calls_interleaves_the_kernels_and_keeps_each_shapes_best(monkeypatch):
+    """Every shape runs `repeats` times per kernel set, the sets alternating; the best reading counts."""
+    readings = iter([0.5, 0.04, 0.03, 0.05, 0.03, 0.06])  # onednn, native, onednn, native, ...: one slow first call
+    ran = []
+
+    def fake_run(call, x, weight, bias, grad):
+        ran.append(("native" if not torch._C._get_mkldnn_enabled() else "onednn", x.shape, x.requires_grad))
+        clock[0] += next(readings)
+
+    clock = [0.0]
+    monkeypatch.setattr(cpu_kernels, "_run_call", fake_run)
+    monkeypatch.setattr(cpu_kernels.time, "perf_counter", lambda: clock[0])
+    call = KernelCall("conv2d", (1, 8, 6, 6), (8, 8, 3, 3), (1, 8, 6, 6), True, (1, 1, 1, 1), input_grad=True)
+    seconds = cpu_kernels.time_kernel_calls([call], cpu_conv_kernels, ("onednn", "native"), repeats=3)
+    assert [k for k, _, _ in ran] == ["onednn", "native"] * 3
+    assert all(shape == (1, 8, 6, 6) and grad for _, shape, grad in ran)
+    assert seconds == {call: {"onednn": pytest.approx(0.03), "native": pytest.approx(0.04)}}
+
+
+def _conv(n_in: int, size: int, padding=(1, 1)) -> KernelCall:
+    return KernelCall("conv2d", (1, n_in, size, size), (n_in, n_in, 3, 3), (1, n_in, size, size), True,
+                      ((1, 1), padding, (1, 1), 1))  # fmt: skip
+
+
+def _fake_timings(monkeypatch, table: dict[KernelCall, dict[str, float]]) -> None:
+    monkeypatch.setattr(cpu_kernels, "time_kernel_calls", lambda calls, switch, choices, repeats: table)
+
+
+def test_pick_cpu_conv_plans_each_shape_on_its_faster_kernels(monkeypatch):
+    """Native wins the step, so it is the run's set; a shape that runs clearly faster on oneDNN moves there; a
+    near tie stays; a shape the plan cannot route (padding="same") stays whatever its timing."""
+    big, small, tie, same = _conv(8, 32), _conv(64, 4), _conv(16, 16), _conv(4, 32, padding="same")
+    table = {
+        big: {"onednn": 0.8, "native": 1.0},
+        small: {"onednn": 3.0, "native": 1.0},
+        tie: {"onednn": 0.98, "native": 1.0},
+        same: {"onednn": 0.5, "native": 1.0},
+    }
+    _fake_timings(monkeypatch, table)
+    calls = Counter({big: 2, small: 3, tie: 1, same: 1})
+    calls[KernelCall("linear", (1, 4), (4, 4), (1, 4), False)] = 5  # not a convolution: not timed here
+    plan, seconds = pick_cpu_conv(calls)
+    assert plan == ConvPlan("native", {big.key: "onednn"})
+    assert str(plan) == "native; oneDNN for 1 shape(s)"
+    assert seconds == pytest.approx({"onednn": 12.08, "native": 7.0, "per shape": 6.6})
+
+
+@pytest.mark.parametrize(
+    ("onednn_s", "native_s", "expected"), [(1.0, 0.5, "native"), (1.0, 0.97, "onednn"), (0.5, 1.0, "onednn")]
+)
+def test_pick_cpu_conv_keeps_onednn_unless_native_wins_clearly(monkeypatch, onednn_s, native_s, expected):
+    call = _conv(8, 8)
+    _fake_timings(monkeypatch, {call: {"onednn": onednn_s, "native": native_s}})
+    assert pick_cpu_conv(Counter({call: 1}))[0] == ConvPlan(expected)
+
+
+def test_pick_cpu_conv_times_real_kernels():
+    """No fakes: the census of a small net, timed on both kernel sets, gives a plan over its own shapes."""
+    net = _Net()
+    calls = record_kernel_calls(lambda: net(torch.randn(1, 3, 6, 6)))
+    plan, seconds = pick_cpu_conv(calls, repeats=2)
+    assert plan.kernels in ("onednn", "native") and set(plan.shapes.values()) <= {"onednn", "native"} - {plan.kernels}
+    assert set(plan.shapes) <= {c.key for c in calls if c.op == "conv2d"}
+    assert set(seconds) == {"onednn", "native", "per shape"} and all(s > 0 for s in seconds.values())
+    assert seconds["per shape"] <= min(seconds["onednn"], seconds["native"]) * 1.0001 or not plan.shapes
+
+
+def test_a_plan_runs_its_listed_shapes_on_the_other_kernels_forward_and_backward(monkeypatch):
+    """Under ConvPlan("native", {A: "onednn"}) shape A's forward and input gradient run on oneDNN, shape B's on
+    native; the numbers are those of all-native (summation order aside), and the switch is restored."""
+    torch.manual_seed(0)
+    conv_a, conv_b = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+    for conv in (conv_a, conv_b):
+        conv.requires_grad_(False)
+    x0 = torch.randn(1, 8, 10, 10)
+    key_a = record_kernel_calls(lambda: conv_a(x0)).most_common(1)[0][0].key
+    seen = []
+
+    class _Watch(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.conv2d:
+                seen.append(("forward", tuple(args[1].shape), torch._C._get_mkldnn_enabled()))
+            return func(*args, **(kwargs or {}))
+
+    backward = cpu_kernels._convolution_backward
+
+    def watched_backward(*args):
+        seen.append(("backward", tuple(args[2].shape), torch._C._get_mkldnn_enabled()))
+        return backward(*args)
+
+    monkeypatch.setattr(cpu_kernels, "_convolution_backward", watched_backward)
+    results = {}
+    for name, plan in (("native", ConvPlan("native")), ("planned", ConvPlan("native", {key_a: "onednn"}))):
+        seen.clear()
+        x = x0.clone().requires_grad_(True)
+        with _Watch(), cpu_conv_kernels(plan):
+            y = conv_b(conv_a(x))
+            (y * y).sum().backward()
+        results[name] = (y.detach(), x.grad)
+        assert torch._C._get_mkldnn_enabled()
+    # (the watch sits under the plan, so it sees each call as the plan makes it; B's backward is PyTorch's own)
+    assert seen == [("forward", (8, 8, 3, 3), True), ("forward", (4, 8, 1, 1), False), ("backward", (8, 8, 3, 3), True)]
+    for planned, native in zip(results["planned"], results["native"], strict=True):
+        torch.testing.assert_close(planned, native, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_linear_gives_the_blas_results_and_leaves_trainable_layers_alone(monkeypatch):
+    """`cpu_matmul_kernels("onednn")` computes frozen linear layers' outputs and input gradients as BLAS does
+    (summation order aside); a layer whose weight trains keeps PyTorch's own path and gets its gradient."""
+    torch.manual_seed(0)
+    frozen = torch.nn.Linear(48, 40).requires_grad_(False)
+    trainable = torch.nn.Linear(40, 8)
+    x0 = torch.randn(2, 7, 48)
+    results, used = {}, []
+    gemm = cpu_kernels._onednn_gemm
+
+    def noting_gemm(x, weight, bias):
+        used.append(tuple(weight.shape))
+        return gemm(x, weight, bias)
+
+    monkeypatch.setattr(cpu_kernels, "_onednn_gemm", noting_gemm)
+    for kernels in ("blas", "onednn"):
+        trainable.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        with cpu_matmul_kernels(kernels):
+            y = trainable(frozen(x))
+            (y * y).sum().backward()
+        results[kernels] = (y.detach(), x.grad, trainable.weight.grad.clone())
+    assert used == [(40, 48), (48, 40)]  # the frozen layer's forward and its input gradient, nothing else
+    with cpu_matmul_kernels("onednn"):  # called with keywords, as some libraries do
+        by_keyword = F.linear(input=x0, weight=frozen.weight, bias=frozen.bias)
+    assert used[2:] == [(40, 48)]
+    torch.testing.assert_close(by_keyword, frozen(x0), rtol=1e-5, atol=1e-5)
+    for ours, blas in zip(results["onednn"], results["blas"], strict=True):
+        torch.testing.assert_close(ours, blas, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("onednn_s", "expected"), [(0.02, "onednn"), (0.0284, "onednn"), (0.05, "blas"), (0.0295, "blas")]
+)
+def test_pick_cpu_matmul_keeps_onednn_only_when_clearly_faster(onednn_s, expected, monkeypatch):
+    call = KernelCall("linear", (1, 4), (4, 4), (1, 4), True)
+    _fake_timings(monkeypatch, {call: {"blas": 0.030, "onednn": onednn_s}})
+    choice, seconds = pick_cpu_matmul(Counter({call: 2}))
+    assert choice == expected and seconds == pytest.approx({"blas": 0.06, "onednn": 2 * onednn_s})
+
+
+def test_pick_cpu_matmul_falls_back_to_blas_when_onednn_cannot_run(monkeypatch, caplog):
+    def broken(*_args):
+        raise RuntimeError("could not create a primitive\nmore detail")
+
+    layer = torch.nn.Linear(4, 4).requires_grad_(False)
+    calls = record_kernel_calls(lambda: layer(torch.ones(1, 4)))
+    monkeypatch.setattr(cpu_kernels, "_onednn_gemm", broken)
+    assert pick_cpu_matmul(calls) == ("blas", {})
+    assert "could not create a primitive); using BLAS" in caplog.text
+
+
+def _kernels_seen_by_training(monkeypatch) -> list[tuple[str, bool]]:
+    """Note, for every training step's loss, whether oneDNN convolutions were on in its forward and backward."""
+    import textinv.train
+
+    seen = []
+    real_loss = textinv.train._diffusion_loss
+
+    def loss_noting_kernels(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        seen.append(("forward", torch._C._get_mkldnn_enabled()))
+        loss.register_hook(lambda g: seen.append(("backward", torch._C._get_mkldnn_enabled())))
+        return loss
+
+    monkeypatch.setattr(textinv.train, "_diffusion_loss", loss_noting_kernels)
+    return seen
+
+
+def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_keeps_it(
+    sd1_model, concept_dir, tmp_path, monkeypatch
+):
+    """`--cpu_conv auto` records one real forward's calls, plans from them, runs every training step's forward
+    and backward on the plan (listed shapes on their kernels), stores it in checkpoints, and a resumed run
+    reuses it without timing again. An explicit `--cpu_conv` is never second-guessed."""
+    import json
+
+    from helpers import run_cli, train_args
+
+    import textinv.train
+
+    picks, routed = [], []
+
+    def pick_planned(calls):
+        convs = [c for c in calls if c.op == "conv2d"]
+        assert any(c.input_grad for c in convs) and any(c.op == "linear" for c in calls)
+        picks.append("timed")
+        return ConvPlan("native", {convs[-1].key: "onednn"}), {"onednn": 2.0, "native": 1.0, "per shape": 0.9}
+
+    apply = cpu_kernels._ConvOn.apply
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
+    seen = _kernels_seen_by_training(monkeypatch)
+    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_planned)
+    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda calls: ("blas", {}))  # its own test below
+    out = tmp_path / "auto"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
+    assert picks == ["timed"]
+    assert seen[0] == ("forward", True)  # the recorded forward (never backward), then the training steps:
+    assert seen[1:] == [("forward", False), ("backward", False)] * 2
+    assert routed and set(routed) == {True}  # the listed shape ran on oneDNN
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert state["cpu_conv"] == "native" and list(state["cpu_conv_shapes"].values()) == ["onednn"]
+
+    seen.clear(), routed.clear()
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
+    assert picks == ["timed"], "a resumed run must not time again"
+    assert seen == [("forward", False), ("backward", False)] and routed
+
+    seen.clear(), routed.clear()
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "pinned", "--cpu_conv", "onednn", steps=1)) == 0
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)] and not routed
+
+    seen.clear()  # a run too short to win back the timing keeps oneDNN without timing
+    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 20)
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "short", steps=1)) == 0
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
+
+
+def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_path, monkeypatch):
+    """Three steps with every convolution shape moved to oneDNN learn the rows all-native learns."""
+    from helpers import learned, run_cli, train_args
+
+    import textinv.train
+
+    def pick_all_moved(calls):
+        return ConvPlan("native", {c.key: "onednn" for c in calls if c.op == "conv2d"}), {}
+
+    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_all_moved)
+    rows = {}
+    for name, flags in (("planned", ["--cpu_matmul", "blas"]), ("native", ["--cpu_conv", "native"])):
+        assert run_cli(train_args(sd1_model, concept_dir, tmp_path / name, *flags, steps=3)) == 0
+        rows[name] = learned(tmp_path / name)["<cat-toy>"]
+    torch.testing.assert_close(rows["planned"], rows["native"], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
+    sd1_model, concept_dir, tmp_path, monkeypatch
+):
+    """`--cpu_matmul auto` picks from the step's calls, trains every step's linear layers on the choice, stores it
+    in checkpoints (a resumed run keeps it, untimed); `--cpu_matmul blas` and `onednn` learn the same rows."""
+    import json
+
+    from helpers import learned, run_cli, train_args
+
+    import textinv.train
+
+    picks, gemm_calls = [], []
+    gemm = cpu_kernels._onednn_gemm
+    monkeypatch.setattr(cpu_kernels, "_onednn_gemm", lambda *a: gemm_calls.append(1) or gemm(*a))
+
+    def pick_onednn(calls):
+        assert any(c.op == "linear" and c.input_grad for c in calls)
+        picks.append("timed")
+        return "onednn", {"blas": 2.0, "onednn": 1.0}
+
+    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", lambda calls: (ConvPlan("onednn"), {}))
+    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", pick_onednn)
+    out = tmp_path / "auto"
+    assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
+    assert picks == ["timed"] and gemm_calls
+    assert json.loads((out / "checkpoint-2" / "training_state.json").read_text())["cpu_matmul"] == "onednn"
+    gemm_calls.clear()
+    resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
+    assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
+    assert picks == ["timed"] and gemm_calls, "a resumed run keeps oneDNN without timing again"
+
+    rows = {}
+    for kernels in ("blas", "onednn"):
+        gemm_calls.clear()
+        run = tmp_path / kernels
+        assert run_cli(train_args(sd1_model, concept_dir, run, "--cpu_matmul", kernels, steps=3)) == 0
+        assert bool(gemm_calls) == (kernels == "onednn")
+        rows[kernels] = learned(run)["<cat-toy>"]
+    torch.testing.assert_close(rows["onednn"], rows["blas"], rtol=1e-4, atol=1e-5)
+    assert picks == ["timed"]  # explicit choices are never timed
+
+
+def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch):
+    """A GPU run records no kernel choice; resuming its checkpoint on a CPU with `auto` then times both sets."""
+    from types import SimpleNamespace
+
+    import textinv.train
+    from textinv.checkpoint import TrainingState
+    from textinv.config import TrainConfig
+
+    timed = []
+
+    def pick(calls):
+        timed.append(calls)
+        return ConvPlan("native"), {"onednn": 2.0, "native": 1.0, "per shape": 1.0}
+
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick)
+    cfg = TrainConfig(cpu_conv="auto")
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    plan = textinv.train._choose_cpu_conv(cfg, gpu, None, 100, kernel_calls=None)
+    assert plan == ConvPlan("")
+    with cpu_conv_kernels(plan):  # a no-op: oneDNN stays on
+        assert torch._C._get_mkldnn_enabled()
+    gpu_state = TrainingState(0, 0, "<t>", 1, 8, 0, "m", cpu_conv=plan.kernels, cpu_conv_shapes=plan.shapes)
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
+    assert textinv.train._choose_cpu_conv(cfg, cpu, gpu_state, 100, kernel_calls=lambda: "calls") == ConvPlan("native")
+    assert timed == ["calls"]
+
+
+def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
+    from helpers import run_cli, train_args
+
+    import textinv.train
+
+    monkeypatch.setattr(textinv.train, "onednn_linear_available", lambda: False)
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "o", "--cpu_matmul", "onednn", steps=1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cpu_matmul onednn" in err and "use --cpu_matmul blas" in err and "\n" not in err, err
