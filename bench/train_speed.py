@@ -189,6 +189,13 @@ class RunResult:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    def kernel_choices(self) -> list[str]:
+        """The CPU kernel choices textinv logged (`--cpu_conv` / `--cpu_matmul auto`), one line each."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line.strip() for line in lines if line.startswith(("CPU convolutions", "CPU matrix products"))]
+
 
 def parse_step_log(text: str) -> tuple[list[float], list[int], int]:
     """`steptimer.py`'s lines → (time stamps, RSS per step, peak CUDA bytes)."""
@@ -564,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         env_extra["OMP_NUM_THREADS"] = str(args.threads)
     load_before = load_average()
     rounds: list[list[dict]] = []
+    notes: list[str] = []  # what each round's textinv runs chose: the logs themselves are overwritten next round
     all_ok = True
     # The PIL-only shim stands in for torchvision only where it is missing: transformers imports
     # torchvision.io when a real torchvision is installed, and the shim has no such module.
@@ -576,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
             args, trainers[:: -1 if round_index % 2 else 1], model, data, env_extra, shim, variants, flag_variants
         )
         all_ok = all_ok and all(r.ok for r in results)
+        notes += [
+            f"- round {round_index + 1}, {r.trainer} ({r.precision}): `{c}`"
+            for r in results
+            for c in r.kernel_choices()
+        ]
         rows = table_rows(results, args.warmup, args.steps, args.device)
         if args.rounds > 1:
             print(
@@ -589,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows, args.device)
     drift = embedding_drift(args.cache / "runs", results)  # the last round's runs: their folders are the ones left
     table += f"\n\n{drift}" if drift else ""
+    table += "\n\n" + "\n".join(notes) if notes else ""
     print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -268,3 +268,19 @@ def test_embedding_drift_compares_each_trainer_with_textinv_of_the_same_precisio
     assert text.splitlines() == [
         "- reference (fp16): final embedding max |difference| from textinv's 5.00e-01 (norms 2.693 / 2.236)"
     ]
+
+
+def test_run_result_lists_the_kernel_choices_textinv_logged(train_speed, tmp_path):
+    log = tmp_path / "textinv-fp32.log"
+    log.write_text(
+        "python -m textinv train ...\n\ntraining <t> ...\n"
+        "CPU convolutions, one step's calls: oneDNN 3.1 s, native 1.7 s, per shape 1.5 s; using native\n"
+        "textinv:  10%|█ | 2/20\n"
+        "CPU matrix products, one step's calls: BLAS 1.1 s, oneDNN 0.9 s; using onednn\n"
+    )
+    result = train_speed.RunResult("textinv", "fp32", log_path=log)
+    assert result.kernel_choices() == [
+        "CPU convolutions, one step's calls: oneDNN 3.1 s, native 1.7 s, per shape 1.5 s; using native",
+        "CPU matrix products, one step's calls: BLAS 1.1 s, oneDNN 0.9 s; using onednn",
+    ]
+    assert train_speed.RunResult("reference", "fp32", log_path=tmp_path / "missing.log").kernel_choices() == []

@@ -430,10 +430,14 @@ def _choose_cpu_kernels(
         return default  # too short to win the timing back, or nothing the switch would change
     choice = [default]
     if accelerator.is_main_process:
+        start = time.perf_counter()
         choice[0], seconds = pick(kernel_calls())
         if seconds:
             timings = ", ".join(f"{labels[name]} {seconds[name]:.2f} s" for name in labels)
-            log.info("CPU %s, one step's calls: %s; using %s (%s sets it)", what, timings, choice[0], flag)
+            log.info(
+                "CPU %s, one step's calls: %s; using %s (%s sets it; timed in %.0f s)",
+                what, timings, choice[0], flag, time.perf_counter() - start,
+            )  # fmt: skip
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
