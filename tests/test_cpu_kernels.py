@@ -417,6 +417,21 @@ def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch)
     assert timed == ["calls"]
 
 
+def test_a_compiled_run_keeps_the_main_convolution_kernels_only(monkeypatch):
+    from types import SimpleNamespace
+
+    import textinv.train
+    from textinv.config import TrainConfig
+
+    plan = ConvPlan("native", {"[1, 8, 4, 4] [8, 8, 3, 3] [1, 1, 1, 1]": "onednn"})
+    seconds = {"onednn": 2.0, "native": 1.0, "per shape": 0.9}
+    monkeypatch.setattr(textinv.train, "pick_cpu_conv", lambda calls: (plan, seconds))
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
+    assert textinv.train._choose_cpu_conv(TrainConfig(), cpu, None, 100, lambda: None) == plan
+    compiled = TrainConfig(torch_compile="default")
+    assert textinv.train._choose_cpu_conv(compiled, cpu, None, 100, lambda: None) == ConvPlan("native")
+
+
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
     from helpers import run_cli, train_args
 

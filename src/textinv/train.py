@@ -384,7 +384,12 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: in
         pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
         labels={"onednn": "oneDNN", "native": "native", "per shape": "per shape"},
     )  # fmt: skip
-    return ConvPlan(plan) if isinstance(plan, str) else plan
+    plan = ConvPlan(plan) if isinstance(plan, str) else plan
+    if cfg.torch_compile != "no" and plan.shapes:
+        # The per-shape routes are a Python mode around each call; a compiled graph keeps the main set only.
+        log.info("CPU convolutions: --torch_compile runs all of them on %s", plan.kernels)
+        plan = ConvPlan(plan.kernels)
+    return plan
 
 
 def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
