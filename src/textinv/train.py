@@ -435,8 +435,9 @@ def _choose_cpu_kernels(
         return default  # too short to win the timing back, or nothing the switch would change
     choice = [default]
     if accelerator.is_main_process:
+        calls = kernel_calls()  # the first call records a forward (and, on a cold start, reads the weights)
         start = time.perf_counter()
-        choice[0], seconds = pick(kernel_calls())
+        choice[0], seconds = pick(calls)
         if seconds:
             timings = ", ".join(f"{labels[name]} {seconds[name]:.2f} s" for name in labels)
             log.info(
