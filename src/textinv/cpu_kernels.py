@@ -66,7 +66,11 @@ class KernelCall:
     @property
     def key(self) -> str:
         """A stable text name of the shape, stored in checkpoints (`ConvPlan.shapes`)."""
-        return f"{list(self.input_shape)} {list(self.weight_shape)} {list(self.params)}"
+        return _shape_key(self.input_shape, self.weight_shape, self.params)
+
+
+def _shape_key(input_shape, weight_shape, params: tuple) -> str:
+    return f"{list(input_shape)} {list(weight_shape)} {list(params)}"
 
 
 def _bind(func, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]] | None:
@@ -85,22 +89,17 @@ def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
     ) and not any(t.requires_grad for t in tensors[1:])
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _params(op: str, given: dict[str, Any]) -> tuple:
+    """A call's arguments after input, weight and bias (conv2d's stride, padding, ...), lists made tuples."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (given[k] for k in _ARGS[op][3:]))
 
 
 def _call_of(op: str, given: dict[str, Any], out: torch.Tensor) -> KernelCall:
     x, weight = given["input"], given["weight"]
-    params = tuple(_hashable(given[k]) for k in _ARGS[op][3:])
     return KernelCall(
-        op, tuple(x.shape), tuple(weight.shape), tuple(out.shape), given["bias"] is not None, params, x.requires_grad
-    )
-
-
-def _conv_key(given: dict[str, Any]) -> str:
-    """`KernelCall.key` of a live conv2d call, without running it."""
-    params = [_hashable(given[k]) for k in _ARGS["conv2d"][3:]]
-    return f"{list(given['input'].shape)} {list(given['weight'].shape)} {params}"
+        op, tuple(x.shape), tuple(weight.shape), tuple(out.shape), given["bias"] is not None, _params(op, given),
+        x.requires_grad,
+    )  # fmt: skip
 
 
 class _KernelCensus(TorchFunctionMode):
@@ -160,6 +159,12 @@ def time_kernel_calls(
                     best[kernels] = min(best[kernels], time.perf_counter() - start)
         seconds[call] = best
     return seconds
+
+
+def _step_seconds(calls: Counter[KernelCall], each: dict[KernelCall, dict[str, float]]) -> dict[str, float]:
+    """Seconds a step spends in `calls` on each kernel set, from the per-call timings `each`."""
+    choices = next(iter(each.values()))
+    return {k: sum(n * each[c][k] for c, n in calls.items()) for k in choices}
 
 
 # --- convolutions --------------------------------------------------------------------------------------------
@@ -243,8 +248,8 @@ class _ConvPlanMode(TorchFunctionMode):
         if func is F.conv2d:
             _, given = _bind(func, args, kwargs)
             if _frozen_fp32_cpu(given["input"], given["weight"], given["bias"]):
-                kernels = self.shapes.get(_conv_key(given))
-                params = tuple(given[k] for k in _ARGS["conv2d"][3:])
+                params = _params("conv2d", given)
+                kernels = self.shapes.get(_shape_key(given["input"].shape, given["weight"].shape, params))
                 if kernels and _routable(params):
                     return _ConvOn.apply(given["input"], given["weight"], given["bias"], params, kernels == "onednn")
         return func(*args, **kwargs)
@@ -278,7 +283,7 @@ def pick_cpu_conv(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[C
     if not convs:
         return ConvPlan("onednn"), {}
     each = time_kernel_calls(convs, cpu_conv_kernels, ("onednn", "native"), repeats)
-    seconds = {k: sum(n * each[c][k] for c, n in convs.items()) for k in ("onednn", "native")}
+    seconds = _step_seconds(convs, each)
     main = "native" if seconds["native"] < (1 - MIN_GAIN) * seconds["onednn"] else "onednn"
     other = "onednn" if main == "native" else "native"
     moved = {c for c in convs if _routable(c.params) and each[c][other] < (1 - MIN_GAIN) * each[c][main]}
@@ -359,5 +364,5 @@ def pick_cpu_matmul(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple
     except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build that cannot run these products
         log.warning("oneDNN matrix products failed on this CPU (%s); using BLAS", str(exc).splitlines()[0])
         return "blas", {}
-    seconds = {k: sum(n * each[c][k] for c, n in linears.items()) for k in ("blas", "onednn")}
+    seconds = _step_seconds(linears, each)
     return ("onednn" if seconds["onednn"] < (1 - MIN_GAIN) * seconds["blas"] else "blas"), seconds

@@ -22,13 +22,10 @@ only, no per-step restore, the VAE freed after caching.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import sys
 
 import torch
-
-log = logging.getLogger(__name__)
 
 _M_MMAP_THRESHOLD = -3  # mallopt() parameter number, from glibc's malloc.h
 HEAP_MMAP_THRESHOLD = 4 * 1024**2

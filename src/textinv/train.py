@@ -378,9 +378,10 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, pred
 
 def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: int, kernel_calls) -> ConvPlan:
     """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`pick_cpu_conv`)."""
-    resumed = ConvPlan(resume_state.cpu_conv, resume_state.cpu_conv_shapes) if resume_state else None
+    chosen = resume_state is not None and resume_state.cpu_conv  # "" when the resumed run chose nothing
+    resumed = ConvPlan(resume_state.cpu_conv, resume_state.cpu_conv_shapes) if chosen else None
     plan = _choose_cpu_kernels(
-        accelerator, cfg.cpu_conv, resumed if resumed and resumed.kernels else None, steps_left, kernel_calls,
+        accelerator, cfg.cpu_conv, resumed, steps_left, kernel_calls,
         pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
         labels={"onednn": "oneDNN", "native": "native", "per shape": "per shape"},
     )  # fmt: skip
