@@ -3,6 +3,7 @@ per-shape convolution plan, and the trainer using, storing and resuming the choi
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -293,7 +294,7 @@ def _kernels_seen_by_training(monkeypatch) -> list[tuple[str, bool]]:
 
 
 def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_keeps_it(
-    sd1_model, concept_dir, tmp_path, monkeypatch
+    sd1_model, concept_dir, tmp_path, monkeypatch, caplog
 ):
     """`--cpu_conv auto` records one real forward's calls, plans from them, runs every training step's forward
     and backward on the plan (listed shapes on their kernels), stores it in checkpoints, and a resumed run
@@ -305,6 +306,7 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     import textinv.train
 
     picks, routed = [], []
+    caplog.set_level(logging.INFO, logger="textinv")
 
     def pick_planned(calls):
         convs = [c for c in calls if c.op == "conv2d"]
@@ -321,6 +323,8 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     out = tmp_path / "auto"
     assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
     assert picks == ["timed"]
+    logged = "convolutions, one step's calls: oneDNN 2.00 s, native 1.00 s, per shape 0.90 s; using native; oneDNN"
+    assert logged + " for 1 shape(s)" in caplog.text
     assert seen[0] == ("forward", True)  # the recorded forward (never backward), then the training steps:
     assert seen[1:] == [("forward", False), ("backward", False)] * 2
     assert routed and set(routed) == {True}  # the listed shape ran on oneDNN

@@ -46,6 +46,12 @@ _ARGS = {
 }
 _DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 _OPS = {"conv2d": F.conv2d, "linear": F.linear}
+_NAMES = {"onednn": "oneDNN", "blas": "BLAS"}
+
+
+def kernel_name(kernels: str) -> str:
+    """How logs and plans write a kernel set ("onednn" -> "oneDNN"); other names as they are."""
+    return _NAMES.get(kernels, kernels)
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,7 @@ class ConvPlan:
         if not self.shapes:
             return self.kernels
         others = Counter(self.shapes.values())
-        names = {"onednn": "oneDNN", "native": "native"}
-        return self.kernels + "".join(f"; {names.get(k, k)} for {n} shape(s)" for k, n in sorted(others.items()))
+        return self.kernels + "".join(f"; {kernel_name(k)} for {n} shape(s)" for k, n in sorted(others.items()))
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from textinv.cpu_kernels import (
     ConvPlan,
     cpu_conv_kernels,
     cpu_matmul_kernels,
+    kernel_name,
     onednn_linear_available,
     pick_cpu_conv,
     pick_cpu_matmul,
@@ -383,7 +384,6 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: in
     plan = _choose_cpu_kernels(
         accelerator, cfg.cpu_conv, resumed, steps_left, kernel_calls,
         pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
-        labels={"onednn": "oneDNN", "native": "native", "per shape": "per shape"},
     )  # fmt: skip
     plan = ConvPlan(plan) if isinstance(plan, str) else plan
     if cfg.torch_compile != "no" and plan.shapes:
@@ -401,8 +401,7 @@ def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: 
     worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and cfg.torch_compile == "no"
     return _choose_cpu_kernels(
         accelerator, cfg.cpu_matmul, resumed or None, steps_left, kernel_calls, pick_cpu_matmul,
-        default="blas", flag="--cpu_matmul", what="matrix products", labels={"blas": "BLAS", "onednn": "oneDNN"},
-        worth_timing=worth_timing,
+        default="blas", flag="--cpu_matmul", what="matrix products", worth_timing=worth_timing,
     )  # fmt: skip
 
 
@@ -417,7 +416,6 @@ def _choose_cpu_kernels(
     default,
     flag: str,
     what: str,
-    labels: dict[str, str],
     worth_timing: bool = True,
 ):
     """One CPU kernel switch's setting: the user's, the resumed run's (None if none), or `pick(kernel_calls())`.
@@ -440,7 +438,7 @@ def _choose_cpu_kernels(
         start = time.perf_counter()
         choice[0], seconds = pick(calls)
         if seconds:
-            timings = ", ".join(f"{labels[name]} {seconds[name]:.2f} s" for name in labels)
+            timings = ", ".join(f"{kernel_name(name)} {s:.2f} s" for name, s in seconds.items())
             log.info(
                 "CPU %s, one step's calls: %s; using %s (%s sets it; timed in %.0f s)",
                 what, timings, choice[0], flag, time.perf_counter() - start,
