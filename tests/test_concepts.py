@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,11 @@ def test_sdxl_pair_loads_into_both_text_encoders_and_generates(tmp_path):
         assert torch.equal(encoder.get_input_embeddings().weight[ids].detach(), vec)
     image = generate_images(pipe, "a <xl-toy>", num_images=1, num_inference_steps=1, progress=False)[0]
     assert image.size == (32, 32)
+    # Unguided steps run the prompt's half of SDXL's batch (its pooled text and size conditioning halved too).
+    kwargs = dict(num_images=1, num_inference_steps=2, progress=False, seed=4)
+    unguided = generate_images(pipe, "a <xl-toy>", guidance_scale=5.0, skip_early_cfg=1.0, **kwargs)[0]
+    plain = generate_images(pipe, "a <xl-toy>", guidance_scale=1.0, **kwargs)[0]
+    assert np.array_equal(np.asarray(unguided), np.asarray(plain))
     single = save_diffusers_embedding(tmp_path / "sd1.safetensors", "<one>", _vectors(1, 32))
     with pytest.raises(TextinvError, match=r"custom-32 \(32\) but the model is custom-32\+48 \(32\+48\)"):
         textinv.load_concept(pipe, single)

@@ -205,7 +205,8 @@ def test_unguided_steps_follow_a1111s_skip_early_cfg_rule():
 
 
 def test_skip_early_cfg_samples_the_early_steps_without_guidance(sd1_model, monkeypatch):
-    """Skipping every step equals sampling at guidance 1; skipping some differs from both ends."""
+    """Skipping every step equals sampling at guidance 1; skipping some differs from both ends. An unguided
+    step runs the UNet on the prompt's half of the batch only, and the pipeline's UNet is left as it was."""
     from diffusers import StableDiffusionPipeline
 
     from textinv.sample import generate_images
@@ -215,7 +216,7 @@ def test_skip_early_cfg_samples_the_early_steps_without_guidance(sd1_model, monk
     real_unet_forward = pipe.unet.forward
 
     def unet_forward(sample, *args, **kwargs):
-        scales.append(pipe.guidance_scale)
+        scales.append((pipe.guidance_scale, sample.shape[0], kwargs["encoder_hidden_states"].shape[0]))
         return real_unet_forward(sample, *args, **kwargs)
 
     monkeypatch.setattr(pipe.unet, "forward", unet_forward)
@@ -230,8 +231,10 @@ def test_skip_early_cfg_samples_the_early_steps_without_guidance(sd1_model, monk
     guided, guided_scales = draw(9.0, 0.0)
     skipped_all, _ = draw(9.0, 1.0)
     half, half_scales = draw(9.0, 0.4)  # steps 0 and 1 of 4: i / 4 <= 0.4
-    assert guided_scales == [9.0] * 4
-    assert half_scales[2:] == [9.0, 9.0] and all(s == pytest.approx(1.0) for s in half_scales[:2])
-    assert np.abs(skipped_all - plain).max() <= 1  # the prompt's prediction alone, to float rounding
+    assert guided_scales == [(9.0, 2, 2)] * 4
+    assert half_scales[2:] == [(9.0, 2, 2)] * 2
+    assert all(s == pytest.approx(1.0) and batch == [1, 1] for s, *batch in half_scales[:2])
+    assert np.array_equal(skipped_all, plain)  # the prompt's prediction alone
+    assert pipe.unet.forward == unet_forward  # the spy (an instance-level forward) is back in place
     assert np.abs(guided - plain).mean() > 5
     assert np.abs(half - plain).mean() > 1 and np.abs(half - guided).mean() > 1

@@ -15,11 +15,12 @@ same seed gives the same starting noise on any device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,26 +208,65 @@ def generate_images(
 
     images: list[Image.Image] = []
     try:
-        for start in range(0, num_images, batch_size):
-            batch = range(start, min(start + batch_size, num_images))
-            generators = [torch.Generator("cpu").manual_seed(seed + i) for i in batch]
-            with torch.inference_mode():
-                out = pipe(
-                    prompt,
-                    negative_prompt=negative_prompt or None,
-                    num_images_per_prompt=len(batch),
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_at(0),
-                    height=height,
-                    width=width,
-                    generator=generators,
-                    callback_on_step_end=on_step_end,
-                )
-            images.extend(out.images)
+        with _prompt_half_only(pipe.unet, lambda: pipe._guidance_scale == _UNGUIDED):
+            for start in range(0, num_images, batch_size):
+                batch = range(start, min(start + batch_size, num_images))
+                generators = [torch.Generator("cpu").manual_seed(seed + i) for i in batch]
+                with torch.inference_mode():
+                    out = pipe(
+                        prompt,
+                        negative_prompt=negative_prompt or None,
+                        num_images_per_prompt=len(batch),
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_at(0),
+                        height=height,
+                        width=width,
+                        generator=generators,
+                        callback_on_step_end=on_step_end,
+                    )
+                images.extend(out.images)
     finally:
         if bar is not None:
             bar.close()
     return images
+
+
+@contextlib.contextmanager
+def _prompt_half_only(unet: torch.nn.Module, unguided: Callable[[], bool]) -> Iterator[None]:
+    """On unguided steps, run the UNet on the prompt's half of diffusers' [negative; prompt] batch only.
+
+    The pipeline still batches both halves (its guidance scale is just above 1), but an unguided step's
+    result is the prompt's prediction alone, so the negative half is skipped and the prompt half returned for
+    both: guidance then gives exactly the prompt's prediction, at half the UNet's cost for those steps.
+    """
+    forward = unet.__dict__.get("forward")  # an instance-level forward (a wrapper, a test's spy) stays inside
+    call = forward or unet.forward
+
+    def halved(sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any):
+        n = sample.shape[0]
+        if args or n % 2 or not unguided():  # diffusers' pipelines pass all but these two by keyword
+            return call(sample, timestep, *args, **kwargs)
+
+        def half(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: half(v) for k, v in value.items()}
+            batched = isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+            return value[n // 2 :] if batched else value
+
+        out = call(half(sample), half(timestep), **half(kwargs))
+        if isinstance(out, tuple):
+            return (torch.cat([out[0], out[0]]), *out[1:])
+        out.sample = torch.cat([out.sample, out.sample])
+        return out
+
+    unet.forward = halved
+    try:
+        yield
+    finally:
+        if forward is None:
+            del unet.forward
+        else:
+            unet.forward = forward
 
 
 # Above 1, so diffusers keeps the unconditional branch batched for the guided steps that follow; as a
