@@ -3,6 +3,7 @@ per-shape convolution plan, and the trainer using, storing and resuming the choi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 
@@ -224,6 +225,49 @@ def test_a_plan_runs_its_listed_shapes_on_the_other_kernels_forward_and_backward
         torch.testing.assert_close(planned, native, rtol=1e-5, atol=1e-5)
 
 
+def _note(seen: list, tensor: torch.Tensor) -> torch.Tensor:
+    seen.append(tensor)
+    return tensor
+
+
+def _note_input(seen: list, module: torch.nn.Module, args: tuple) -> None:
+    seen.append(args[0])
+
+
+@pytest.mark.parametrize("kernels", ["native", "onednn", ""])
+def test_training_convolutions_keep_no_inputs_and_give_pytorchs_gradients(kernels):
+    """With `keep_inputs=False` (training) the backward keeps the frozen convolutions' weights but none of their
+    inputs, and the input gradient is PyTorch's own to the bit, for strided, 1x1, grouped and biasless ones
+    ("" is a plan made off the CPU: PyTorch's kernels); a convolution whose weight trains is left alone."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        torch.nn.Conv2d(8, 6, 1, bias=False), torch.nn.Conv2d(6, 6, 3, padding=1, groups=2),
+    ).requires_grad_(False)  # fmt: skip
+    trainable = torch.nn.Conv2d(6, 2, 1)
+    x0 = torch.randn(2, 4, 12, 12)
+    grads, kept = {}, {}
+    for name, keep_inputs in (("pytorch", True), ("lean", False)):
+        x = x0.clone().requires_grad_(True)
+        saved: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        hooks = [m.register_forward_pre_hook(functools.partial(_note_input, inputs)) for m in net]
+        with torch.autograd.graph.saved_tensors_hooks(functools.partial(_note, saved), lambda t: t):
+            with cpu_conv_kernels(ConvPlan(kernels), keep_inputs=keep_inputs):
+                loss = trainable(net(x)).square().sum()
+        for hook in hooks:
+            hook.remove()
+        with cpu_conv_kernels(ConvPlan(kernels), keep_inputs=keep_inputs):
+            loss.backward()
+        grads[name] = (x.grad, trainable.weight.grad.clone())
+        trainable.zero_grad()
+        conv_inputs = {t.data_ptr() for m, t in zip(net, inputs, strict=True) if isinstance(m, torch.nn.Conv2d)}
+        kept[name] = conv_inputs & {t.data_ptr() for t in saved}
+        assert len(conv_inputs) == 4
+    assert len(kept["pytorch"]) == 4 and not kept["lean"]
+    assert all(torch.equal(a, b) for a, b in zip(grads["lean"], grads["pytorch"], strict=True))
+
+
 def test_onednn_linear_gives_the_blas_results_and_leaves_trainable_layers_alone(monkeypatch):
     """`cpu_matmul_kernels("onednn")` computes frozen linear layers' outputs and input gradients as BLAS does
     (summation order aside); a layer whose weight trains keeps PyTorch's own path and gets its gradient."""
@@ -327,7 +371,7 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert logged + " for 1 shape(s)" in caplog.text
     assert seen[0] == ("forward", True)  # the recorded forward (never backward), then the training steps:
     assert seen[1:] == [("forward", False), ("backward", False)] * 2
-    assert routed and set(routed) == {True}  # the listed shape ran on oneDNN
+    assert set(routed) == {True, False}  # every convolution routed: the listed shape on oneDNN, the rest native
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
     assert state["cpu_conv"] == "native" and list(state["cpu_conv_shapes"].values()) == ["onednn"]
 
@@ -335,11 +379,11 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
     assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
     assert picks == ["timed"], "a resumed run must not time again"
-    assert seen == [("forward", False), ("backward", False)] and routed
+    assert seen == [("forward", False), ("backward", False)] and set(routed) == {True, False}
 
     seen.clear(), routed.clear()
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "pinned", "--cpu_conv", "onednn", steps=1)) == 0
-    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)] and not routed
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)] and set(routed) == {True}
 
     seen.clear()  # a run too short to win back the timing keeps oneDNN without timing
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 20)
@@ -435,7 +479,7 @@ def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch)
     assert timed == ["calls"]
 
 
-def test_a_compiled_run_keeps_the_main_convolution_kernels_only(monkeypatch):
+def test_a_compiled_or_checkpointed_run_keeps_the_main_convolution_kernels_only(monkeypatch):
     from types import SimpleNamespace
 
     import textinv.train
@@ -448,6 +492,8 @@ def test_a_compiled_run_keeps_the_main_convolution_kernels_only(monkeypatch):
     assert textinv.train._choose_cpu_conv(TrainConfig(), cpu, None, 100, lambda: None) == plan
     compiled = TrainConfig(torch_compile="default")
     assert textinv.train._choose_cpu_conv(compiled, cpu, None, 100, lambda: None) == ConvPlan("native")
+    checkpointed = TrainConfig(gradient_checkpointing=True)
+    assert textinv.train._choose_cpu_conv(checkpointed, cpu, None, 100, lambda: None) == ConvPlan("native")
 
 
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):

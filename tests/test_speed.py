@@ -284,3 +284,59 @@ def test_run_result_lists_the_kernel_choices_textinv_logged(train_speed, tmp_pat
         "CPU matrix products, one step's calls: BLAS 1.1 s, oneDNN 0.9 s; using onednn",
     ]
     assert train_speed.RunResult("reference", "fp32", log_path=tmp_path / "missing.log").kernel_choices() == []
+
+
+def test_lean_geglu_gives_diffusers_outputs_and_gradients_keeping_only_the_projection():
+    """The patched GEGLU's output and input gradient equal diffusers' own to the bit; its backward keeps the
+    projection but not gelu(gate); a UNet's GEGLUs are all patched; inference runs through it too."""
+    import functools
+
+    from diffusers.models.activations import GEGLU
+
+    from textinv.speed import lean_geglu
+
+    torch.manual_seed(0)
+    plain = GEGLU(12, 10).requires_grad_(False)
+    lean = GEGLU(12, 10).requires_grad_(False)
+    lean.load_state_dict(plain.state_dict())
+    assert lean_geglu(torch.nn.Sequential(lean)) == 1
+    x0 = torch.randn(2, 5, 12)
+    weights = {p.untyped_storage().data_ptr() for p in (*plain.parameters(), *lean.parameters())}
+    results, kept = {}, {}
+    for name, module in (("plain", plain), ("lean", lean)):
+        x = x0.clone().requires_grad_(True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(functools.partial(_keep, saved), lambda t: t):
+            out = module(x)
+        out.square().sum().backward()
+        results[name] = (out.detach(), x.grad)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+        kept[name] = sorted(n for ptr, n in storages.items() if ptr not in weights)
+    assert all(torch.equal(a, b) for a, b in zip(results["lean"], results["plain"], strict=True))
+    projected, gelu_gate = 2 * 5 * 20 * 4, 2 * 5 * 10 * 4  # bytes
+    assert kept["plain"] == sorted([projected, gelu_gate]) and kept["lean"] == [projected]
+    with torch.inference_mode():
+        assert torch.equal(lean(x0), plain(x0))
+
+
+def _keep(seen: list, tensor: torch.Tensor) -> torch.Tensor:
+    seen.append(tensor)
+    return tensor
+
+
+def test_training_patches_every_geglu_of_the_unet_unless_compiled(sd1_model):
+    from diffusers import UNet2DConditionModel
+
+    from textinv.speed import apply_speedups
+
+    unet = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
+    count = sum(type(m).__name__ == "GEGLU" for m in unet.modules())
+
+    def patched(model):
+        return sum("forward" in m.__dict__ for m in model.modules() if type(m).__name__ == "GEGLU")
+
+    apply_speedups(unet, None, torch.device("cpu"))
+    assert count > 0 and patched(unet) == count
+    compiled = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
+    apply_speedups(compiled, None, torch.device("cpu"), compile_mode="default")  # compiles lazily, at the first call
+    assert patched(compiled) == 0  # a compiled graph plans what its backward keeps itself

@@ -24,21 +24,70 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import types
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 _M_MMAP_THRESHOLD = -3  # mallopt() parameter number, from glibc's malloc.h
 HEAP_MMAP_THRESHOLD = 4 * 1024**2
 
 
 def apply_speedups(unet, text_encoder, device: torch.device, compile_mode: str = "no") -> None:
-    """`torch.compile` of the UNet's forward when the user asks for it (`--torch_compile MODE`).
+    """`torch.compile` of the UNet's forward when the user asks for it (`--torch_compile MODE`), else leaner
+    GEGLU feed-forwards (`lean_geglu`); a compiled graph plans what its backward keeps by itself.
 
     Only the forward is wrapped, so the module, its weights and `save_pretrained` are untouched, and
     the input-gradient backward is compiled with it. A step's shapes never change, so it compiles once.
     """
     if compile_mode != "no":
         unet.forward = torch.compile(unet.forward, mode=compile_mode)
+    else:
+        lean_geglu(unet)
+
+
+class _GEGLU(torch.autograd.Function):
+    """`hidden * gelu(gate)` for `hidden, gate = projected.chunk(2, -1)`, keeping only `projected`.
+
+    Autograd's own ops keep `projected` and `gelu(gate)` as well (half as large again); the backward recomputes
+    gelu(gate) instead and runs the same ops autograd would, so the gradients are the same to the bit.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, projected: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(projected)
+        hidden, gate = projected.chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (projected,) = ctx.saved_tensors
+        hidden, gate = projected.chunk(2, dim=-1)
+        return torch.cat([grad * F.gelu(gate), torch.ops.aten.gelu_backward(grad * hidden, gate)], dim=-1)
+
+
+def _geglu_forward(self: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return _GEGLU.apply(self.proj(hidden_states))
+
+
+def lean_geglu(model: torch.nn.Module) -> int:
+    """Give diffusers' GEGLU feed-forwards in `model` a backward that keeps less (`_GEGLU`); returns how many.
+
+    The SD-1.5 UNet's sixteen hold 46 MB at 256 px in fp32 that way (0.18 GB at 512 px). Same outputs and
+    gradients; not where diffusers takes its NPU or old-MPS paths.
+    """
+    from diffusers.models.activations import GEGLU
+    from diffusers.utils import is_torch_npu_available
+
+    if is_torch_npu_available():
+        return 0
+    patched = 0
+    for module in model.modules():
+        if type(module) is GEGLU and next(module.parameters()).device.type != "mps":
+            module.forward = types.MethodType(_geglu_forward, module)
+            patched += 1
+    return patched
 
 
 def limit_heap_fragmentation() -> bool:

@@ -248,6 +248,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
+    keep_inputs = not _routes_convolutions(cfg)
     loss_value, losses = float("nan"), []
     while global_step < total_steps:
         step_start = time.perf_counter()
@@ -255,7 +256,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         for micro in range(accum):
             first = samples_seen + micro * global_batch + accelerator.process_index * per_process
             draws = stream.draw(range(first, first + per_process))
-            with cpu_conv_kernels(conv_plan), cpu_matmul_kernels(matmul_kernels):
+            # Where routes work, every frozen convolution keeps no input for the backward (`_ConvOn`).
+            with cpu_conv_kernels(conv_plan, keep_inputs=keep_inputs), cpu_matmul_kernels(matmul_kernels):
                 loss = loss_of(draws)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
@@ -386,11 +388,20 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: in
         pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
     )  # fmt: skip
     plan = ConvPlan(plan) if isinstance(plan, str) else plan
-    if cfg.torch_compile != "no" and plan.shapes:
-        # The per-shape routes are a Python mode around each call; a compiled graph keeps the main set only.
-        log.info("CPU convolutions: --torch_compile runs all of them on %s", plan.kernels)
+    if not _routes_convolutions(cfg) and plan.shapes:
+        flag = "--torch_compile" if cfg.torch_compile != "no" else "--gradient_checkpointing"
+        log.info("CPU convolutions: %s runs all of them on %s", flag, plan.kernels)
         plan = ConvPlan(plan.kernels)
     return plan
+
+
+def _routes_convolutions(cfg: TrainConfig) -> bool:
+    """Whether the training step may route convolutions through `_ConvOn` (per-shape kernels, no inputs kept).
+
+    The routes are a Python mode around each call: a compiled graph does not see it, and gradient
+    checkpointing's recomputation in the backward runs outside it, so its saved tensors would not match.
+    """
+    return cfg.torch_compile == "no" and not cfg.gradient_checkpointing
 
 
 def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
