@@ -496,6 +496,48 @@ def test_a_compiled_or_checkpointed_run_keeps_the_main_convolution_kernels_only(
     assert textinv.train._choose_cpu_conv(checkpointed, cpu, None, 100, lambda: None) == ConvPlan("native")
 
 
+def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
+    sd1_model, concept_dir, tmp_path, monkeypatch, capsys
+):
+    """Checkpointing recomputes the forward outside the routing modes, so an `auto` run with it drops the plan's
+    shapes, keeps the inputs, leaves the GEMM on BLAS (untimed) and trains; a resumed oneDNN GEMM falls back to
+    BLAS; `--cpu_matmul onednn` with it is a one-line error."""
+    import json
+    from types import SimpleNamespace
+
+    from helpers import run_cli, train_args
+
+    import textinv.train
+    from textinv.checkpoint import TrainingState
+    from textinv.config import TrainConfig
+
+    routed, matmul_picks = [], []
+    apply = cpu_kernels._ConvOn.apply
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
+    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(
+        textinv.train, "pick_cpu_conv", lambda calls: (ConvPlan("native", {c.key: "onednn" for c in calls}), {})
+    )
+    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda calls: matmul_picks.append(1) or ("onednn", {}))
+    out = tmp_path / "checkpointed"
+    flags = ("--gradient_checkpointing", "--checkpointing_steps", "2")
+    assert run_cli(train_args(sd1_model, concept_dir, out, *flags, steps=2)) == 0
+    assert not routed and not matmul_picks
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert (state["cpu_conv"], state["cpu_conv_shapes"], state["cpu_matmul"]) == ("native", {}, "blas")
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
+    resumed = TrainingState(0, 0, "<t>", 1, 8, 0, "m", cpu_matmul="onednn")
+    cfg = TrainConfig(gradient_checkpointing=True)
+    assert textinv.train._choose_cpu_matmul(cfg, cpu, resumed.cpu_matmul, 100, lambda: None) == "blas"
+
+    capsys.readouterr()
+    flags = ("--gradient_checkpointing", "--cpu_matmul", "onednn")
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "explicit", *flags, steps=1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cpu_matmul onednn does not combine with --gradient_checkpointing" in err and "\n" not in err
+
+
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
     from helpers import run_cli, train_args
 

@@ -406,14 +406,25 @@ def _routes_convolutions(cfg: TrainConfig) -> bool:
 
 def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
     """The linear layers' CPU kernels, chosen as the convolutions' are (`pick_cpu_matmul`)."""
-    if accelerator.device.type == "cpu" and cfg.cpu_matmul == "onednn" and not onednn_linear_available():
+    on_cpu = accelerator.device.type == "cpu"
+    if on_cpu and cfg.cpu_matmul == "onednn" and not onednn_linear_available():
         raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
-    # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN.
-    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and cfg.torch_compile == "no"
-    return _choose_cpu_kernels(
+    if on_cpu and cfg.cpu_matmul == "onednn" and cfg.gradient_checkpointing:
+        raise TextinvError(
+            "--cpu_matmul onednn does not combine with --gradient_checkpointing (its recomputed forward runs on "
+            "PyTorch's own kernels); use --cpu_matmul blas or auto"
+        )
+    # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN; under gradient
+    # checkpointing the oneDNN route (a Python mode, as the convolutions') would not match the recomputation.
+    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and _routes_convolutions(cfg)
+    choice = _choose_cpu_kernels(
         accelerator, cfg.cpu_matmul, resumed or None, steps_left, kernel_calls, pick_cpu_matmul,
         default="blas", flag="--cpu_matmul", what="matrix products", worth_timing=worth_timing,
     )  # fmt: skip
+    if choice == "onednn" and cfg.gradient_checkpointing:  # resumed from a run without it
+        log.info("CPU matrix products: --gradient_checkpointing runs them on BLAS")
+        choice = "blas"
+    return choice
 
 
 def _choose_cpu_kernels(
