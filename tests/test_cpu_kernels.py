@@ -538,6 +538,17 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
     assert "--cpu_matmul onednn does not combine with --gradient_checkpointing" in err and "\n" not in err
 
 
+def test_only_cpu_training_without_compile_or_checkpointing_drops_the_convolution_inputs():
+    from textinv.config import TrainConfig
+    from textinv.train import _keeps_convolution_inputs
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not _keeps_convolution_inputs(TrainConfig(), cpu)
+    assert _keeps_convolution_inputs(TrainConfig(), gpu)
+    assert _keeps_convolution_inputs(TrainConfig(torch_compile="default"), cpu)
+    assert _keeps_convolution_inputs(TrainConfig(gradient_checkpointing=True), cpu)
+
+
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
     from helpers import run_cli, train_args
 
