@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from textinv import cpu_kernels
+from textinv import cpu_kernels, speed
 from textinv.cpu_kernels import (
     ConvPlan,
     KernelCall,
@@ -362,6 +362,10 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
     seen = _kernels_seen_by_training(monkeypatch)
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
+    monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)  # and their UNet far smaller than SD's
+    geglu_calls = []
+    geglu = speed._GEGLU.apply
+    monkeypatch.setattr(speed._GEGLU, "apply", lambda *a: geglu_calls.append(1) or geglu(*a))
     monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_planned)
     monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda calls: ("blas", {}))  # its own test below
     out = tmp_path / "auto"
@@ -372,6 +376,7 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert seen[0] == ("forward", True)  # the recorded forward (never backward), then the training steps:
     assert seen[1:] == [("forward", False), ("backward", False)] * 2
     assert set(routed) == {True, False}  # every convolution routed: the listed shape on oneDNN, the rest native
+    assert geglu_calls  # an SD-sized UNet's GEGLUs keep less too
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
     assert state["cpu_conv"] == "native" and list(state["cpu_conv_shapes"].values()) == ["onednn"]
 
@@ -515,6 +520,7 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
     apply = cpu_kernels._ConvOn.apply
     monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)
     monkeypatch.setattr(
         textinv.train, "pick_cpu_conv", lambda calls: (ConvPlan("native", {c.key: "onednn" for c in calls}), {})
     )
@@ -538,15 +544,16 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
     assert "--cpu_matmul onednn does not combine with --gradient_checkpointing" in err and "\n" not in err
 
 
-def test_only_cpu_training_without_compile_or_checkpointing_drops_the_convolution_inputs():
+def test_only_sd_sized_cpu_training_without_compile_or_checkpointing_drops_the_convolution_inputs():
     from textinv.config import TrainConfig
     from textinv.train import _keeps_convolution_inputs
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not _keeps_convolution_inputs(TrainConfig(), cpu)
-    assert _keeps_convolution_inputs(TrainConfig(), gpu)
-    assert _keeps_convolution_inputs(TrainConfig(torch_compile="default"), cpu)
-    assert _keeps_convolution_inputs(TrainConfig(gradient_checkpointing=True), cpu)
+    assert not _keeps_convolution_inputs(TrainConfig(), cpu, sd_sized=True)
+    assert _keeps_convolution_inputs(TrainConfig(), cpu, sd_sized=False)  # the toy model: the route costs more
+    assert _keeps_convolution_inputs(TrainConfig(), gpu, sd_sized=True)
+    assert _keeps_convolution_inputs(TrainConfig(torch_compile="default"), cpu, sd_sized=True)
+    assert _keeps_convolution_inputs(TrainConfig(gradient_checkpointing=True), cpu, sd_sized=True)
 
 
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):

@@ -324,7 +324,7 @@ def _keep(seen: list, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def test_training_patches_every_geglu_of_the_unet_unless_compiled(sd1_model):
+def test_apply_speedups_patches_every_geglu_of_the_unet_when_lean_and_not_compiled(sd1_model):
     from diffusers import UNet2DConditionModel
 
     from textinv.speed import apply_speedups
@@ -337,6 +337,9 @@ def test_training_patches_every_geglu_of_the_unet_unless_compiled(sd1_model):
 
     apply_speedups(unet, None, torch.device("cpu"))
     assert count > 0 and patched(unet) == count
+    small = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
+    apply_speedups(small, None, torch.device("cpu"), lean=False)  # what training passes for a toy-sized UNet
+    assert patched(small) == 0
     compiled = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
     apply_speedups(compiled, None, torch.device("cpu"), compile_mode="default")  # compiles lazily, at the first call
     assert patched(compiled) == 0  # a compiled graph plans what its backward keeps itself

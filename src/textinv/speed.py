@@ -14,9 +14,9 @@ bench/RESULTS.md has the numbers.
 - torch.compile of the UNet (`--torch_compile`, opt-in, for GPUs): 2.37x the reference's steps/s on an
   H200 with 'reduce-overhead'; on CPU 0.94x per step after a 13.6-minute compile.
 - channels_last for the UNet: not kept; 0.97x per step on CPU at SD-1.5 size, 256 px, +2.2 GB RSS.
-- What the backward keeps (kept, automatic unless compiled): frozen convolutions keep no input on the CPU
-  (`cpu_kernels._ConvOn`) and GEGLU feed-forwards recompute gelu(gate) (`lean_geglu`). Same gradients to the bit;
-  SD-1.5 at 256 px on CPU: peak RSS 4.62 -> 4.55 GB at the same speed.
+- What the backward keeps (kept, automatic for SD-sized UNets unless compiled): frozen convolutions keep no
+  input on the CPU (`cpu_kernels._ConvOn`) and GEGLU feed-forwards recompute gelu(gate) (`lean_geglu`).
+  Same gradients to the bit; SD-1.5 at 256 px on CPU: peak RSS 4.62 -> 4.55 GB at the same speed.
 
 What pays most is structural and lives in the trainer: posteriors cached once, AdamW over the new rows
 only, no per-step restore, the VAE freed after caching.
@@ -37,16 +37,16 @@ _M_MMAP_THRESHOLD = -3  # mallopt() parameter number, from glibc's malloc.h
 HEAP_MMAP_THRESHOLD = 4 * 1024**2
 
 
-def apply_speedups(unet, text_encoder, device: torch.device, compile_mode: str = "no") -> None:
-    """`torch.compile` of the UNet's forward when the user asks for it (`--torch_compile MODE`), else leaner
-    GEGLU feed-forwards (`lean_geglu`); a compiled graph plans what its backward keeps by itself.
+def apply_speedups(unet, text_encoder, device: torch.device, compile_mode: str = "no", lean: bool = True) -> None:
+    """`torch.compile` of the UNet's forward when the user asks for it (`--torch_compile MODE`), else, with
+    `lean`, leaner GEGLU feed-forwards (`lean_geglu`); a compiled graph plans what its backward keeps by itself.
 
     Only the forward is wrapped, so the module, its weights and `save_pretrained` are untouched, and
     the input-gradient backward is compiled with it. A step's shapes never change, so it compiles once.
     """
     if compile_mode != "no":
         unet.forward = torch.compile(unet.forward, mode=compile_mode)
-    else:
+    elif lean:
         lean_geglu(unet)
 
 

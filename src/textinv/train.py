@@ -121,7 +121,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             )
         store_in_fp8(unet)
         store_in_fp8(text_encoder)
-    apply_speedups(unet, text_encoder, accelerator.device, cfg.torch_compile)
+    sd_sized = sum(p.numel() for p in unet.parameters()) >= LEAN_MIN_UNET_PARAMS
+    apply_speedups(unet, text_encoder, accelerator.device, cfg.torch_compile, lean=sd_sized)
 
     # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
     placeholder = add_placeholder_tokens(tokenizer, cfg.placeholder_token, cfg.num_vectors)
@@ -248,7 +249,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
-    keep_inputs = _keeps_convolution_inputs(cfg, accelerator.device)
+    keep_inputs = _keeps_convolution_inputs(cfg, accelerator.device, sd_sized)
     loss_value, losses = float("nan"), []
     while global_step < total_steps:
         step_start = time.perf_counter()
@@ -403,14 +404,20 @@ def _routes_convolutions(cfg: TrainConfig) -> bool:
     return cfg.torch_compile == "no" and not cfg.gradient_checkpointing
 
 
-def _keeps_convolution_inputs(cfg: TrainConfig, device: torch.device) -> bool:
+# The backward keeps less (`lean_geglu`, `_keeps_convolution_inputs`) for UNets of this many parameters and
+# more. The toy model (2 M) steps in tens of milliseconds; there the routes' Python calls cost ≈ 10% of a step
+# and what they free is a few MB.
+LEAN_MIN_UNET_PARAMS = 100_000_000
+
+
+def _keeps_convolution_inputs(cfg: TrainConfig, device: torch.device, sd_sized: bool) -> bool:
     """Whether the backward keeps the frozen convolutions' inputs, as PyTorch's own convolutions do.
 
-    On the CPU every frozen convolution is routed through `_ConvOn`, which keeps none (70 MB off the SD-1.5
-    peak RSS at 256 px, at the same speed). Not on GPUs, where a Python route per call costs launch time and
-    an H200 run at 512 px showed the same peak memory either way (2.48 GB, bench/RESULTS.md).
+    On the CPU every frozen convolution of an SD-sized UNet is routed through `_ConvOn`, which keeps none
+    (70 MB off the SD-1.5 peak RSS at 256 px, at the same speed). Not on GPUs, where a Python route per call
+    costs launch time and an H200 run at 512 px showed the same peak memory either way (bench/RESULTS.md).
     """
-    return not _routes_convolutions(cfg) or device.type != "cpu"
+    return not _routes_convolutions(cfg) or device.type != "cpu" or not sd_sized
 
 
 def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
