@@ -205,14 +205,22 @@ def test_exif_rotation_is_applied(tmp_path):
     assert images[0].size == (10, 20)
 
 
-def test_readme_documents_every_flag():
+def test_readme_documents_every_flag_with_its_default():
+    import re
+
     from helpers import REPO
 
     from textinv.config import config_fields
 
     readme = (REPO / "README.md").read_text()
+    rows = {}  # flag -> the table's default column ("| `--flag`, `--alias` | default | meaning |")
+    for line in readme.splitlines():
+        match = re.match(r"\| `--(\w+)`(?:, `--[\w-]+`)* \| (.*?) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
     for field in config_fields():
-        assert f"`--{field.name}`" in readme, field.name
+        default = "—" if field.default is None else "off" if field.default is False else f"`{field.default}`"
+        assert rows.get(field.name) == default, (field.name, rows.get(field.name), default)
 
 
 def test_a_hub_id_in_the_local_cache_trains_offline(sd1_model, concept_dir, tmp_path):
