@@ -93,10 +93,13 @@ def _frozen(x: Any, weight: Any, bias: Any) -> bool:
     return all(isinstance(t, torch.Tensor) for t in tensors) and not any(t.requires_grad for t in tensors[1:])
 
 
+def _fp32_cpu(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+
+
 def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
     """A call whose kernels we may choose: frozen (`_frozen`), fp32, on the CPU."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return _frozen(x, weight, bias) and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return _frozen(x, weight, bias) and _fp32_cpu(x, weight, bias)
 
 
 def _params(op: str, given: dict[str, Any]) -> tuple:
@@ -270,7 +273,7 @@ class _ConvPlanMode(TorchFunctionMode):
             x, weight, bias = given["input"], given["weight"], given["bias"]
             params = _params("conv2d", given)
             if _frozen(x, weight, bias) and _routable(params):
-                planned = bool(self.plan.kernels) and _frozen_fp32_cpu(x, weight, bias)
+                planned = bool(self.plan.kernels) and _fp32_cpu(x, weight, bias)
                 listed = self.plan.shapes.get(_shape_key(x.shape, weight.shape, params)) if planned else None
                 if listed or self.every:
                     onednn = (listed or self.plan.kernels) == "onednn" if planned else None

@@ -388,15 +388,16 @@ def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: in
         pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
     )  # fmt: skip
     plan = ConvPlan(plan) if isinstance(plan, str) else plan
-    if not _routes_convolutions(cfg) and plan.shapes:
+    if not _routes_calls(cfg) and plan.shapes:
         flag = "--torch_compile" if cfg.torch_compile != "no" else "--gradient_checkpointing"
         log.info("CPU convolutions: %s runs all of them on %s", flag, plan.kernels)
         plan = ConvPlan(plan.kernels)
     return plan
 
 
-def _routes_convolutions(cfg: TrainConfig) -> bool:
-    """Whether the training step may route convolutions through `_ConvOn` (per-shape kernels, no inputs kept).
+def _routes_calls(cfg: TrainConfig) -> bool:
+    """Whether the training step may route frozen calls through Python modes: convolutions to `_ConvOn`
+    (per-shape kernels, no inputs kept), linear layers to oneDNN's GEMM.
 
     The routes are a Python mode around each call: a compiled graph does not see it, and gradient
     checkpointing's recomputation in the backward runs outside it, so its saved tensors would not match.
@@ -417,7 +418,7 @@ def _keeps_convolution_inputs(cfg: TrainConfig, device: torch.device, sd_sized: 
     (70 MB off the SD-1.5 peak RSS at 256 px, at the same speed). Not on GPUs, where a Python route per call
     costs launch time and an H200 run at 512 px showed the same peak memory either way (bench/RESULTS.md).
     """
-    return not _routes_convolutions(cfg) or device.type != "cpu" or not sd_sized
+    return not _routes_calls(cfg) or device.type != "cpu" or not sd_sized
 
 
 def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
@@ -432,7 +433,7 @@ def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: 
         )
     # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN; under gradient
     # checkpointing the oneDNN route (a Python mode, as the convolutions') would not match the recomputation.
-    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and _routes_convolutions(cfg)
+    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and _routes_calls(cfg)
     choice = _choose_cpu_kernels(
         accelerator, cfg.cpu_matmul, resumed or None, steps_left, kernel_calls, pick_cpu_matmul,
         default="blas", flag="--cpu_matmul", what="matrix products", worth_timing=worth_timing,
