@@ -124,6 +124,82 @@ def test_time_kernel_calls_interleaves_the_kernels_and_keeps_each_shapes_best(mo
     assert seconds == {call: {"onednn": pytest.approx(0.03), "native": pytest.approx(0.04)}}
 
 
+def test_time_conv_calls_times_each_direction_apart_on_every_set_that_can_run_it(monkeypatch):
+    """Forward and input gradient are timed apart, the sets interleaved, best reading kept; the GEMM set skips a
+    grouped convolution, and a convolution without an input gradient times its forward only."""
+    ran = []
+    clock = [0.0]
+    readings = iter([0.5, 0.2, 0.04, 0.02, 0.03, 0.01] + [0.03, 0.05, 0.03, 0.01, 0.02, 0.02] + [0.9] * 8)
+
+    def fake(direction):
+        def run(kernels, *args):
+            ran.append((direction, kernels))
+            clock[0] += next(readings)
+
+        return run
+
+    monkeypatch.setattr(cpu_kernels, "_conv_forward", fake("forward"))
+    monkeypatch.setattr(cpu_kernels, "_conv_input_grad", fake("backward"))
+    monkeypatch.setattr(cpu_kernels.time, "perf_counter", lambda: clock[0])
+    plain = KernelCall("conv2d", (1, 8, 6, 6), (8, 8, 3, 3), (1, 8, 6, 6), True, (1, 1, 1, 1), input_grad=True)
+    grouped = KernelCall("conv2d", (1, 8, 6, 6), (8, 4, 3, 3), (1, 8, 6, 6), True, (1, 1, 1, 2), input_grad=False)
+    seconds = cpu_kernels.time_conv_calls([plain, grouped], ("onednn", "native", "gemm"), repeats=2)
+    assert ran[:12] == [(d, k) for k in ("onednn", "native", "gemm") for d in ("forward", "backward")] * 2
+    assert ran[12:] == [("forward", "onednn"), ("forward", "native")] * 2
+    assert seconds[plain] == {
+        "onednn": (pytest.approx(0.03), pytest.approx(0.05)),
+        "native": (pytest.approx(0.03), pytest.approx(0.01)),
+        "gemm": (pytest.approx(0.02), pytest.approx(0.01)),
+    }
+    assert seconds[grouped] == {"onednn": (pytest.approx(0.9), 0.0), "native": (pytest.approx(0.9), 0.0)}
+
+
+@pytest.mark.parametrize(
+    ("shape", "weight", "params", "bias"),
+    [
+        ((1, 8, 9, 7), (16, 8, 3, 3), (1, 1, 1, 1), True),  # 3x3, not square
+        ((2, 8, 10, 10), (16, 8, 3, 3), ((2, 2), (1, 1), (1, 1), 1), False),  # strided, a batch of two
+        ((2, 8, 6, 6), (4, 8, 1, 1), (1, 0, 1, 1), True),  # 1x1: the input is the patches
+        ((1, 8, 7, 7), (4, 8, 1, 1), (2, 0, 1, 1), True),  # strided 1x1
+        ((1, 6, 11, 9), (6, 6, 3, 3), (1, 2, 2, 1), True),  # dilated
+        ((1, 4, 7, 7), (5, 4, 3, 3), (2, 0, 1, 1), False),  # strided past the edge: the last row gets no gradient
+    ],
+)
+def test_gemm_convolution_gives_pytorchs_output_and_input_gradient(shape, weight, params, bias):
+    """The GEMM set's forward and input gradient are PyTorch's convolution's (to fp32 rounding: checked against
+    float64), in PyTorch's NCHW layout."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(shape, generator=gen), torch.randn(weight, generator=gen)
+    b = torch.randn(weight[0], generator=gen) if bias else None
+    x64 = x.double().requires_grad_(True)
+    want = F.conv2d(x64, w.double(), None if b is None else b.double(), *params)
+    grad = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    (want_grad,) = torch.autograd.grad(want, x64, grad)
+    got = cpu_kernels._conv_forward("gemm", x, w, b, params)
+    got_grad = cpu_kernels._conv_input_grad("gemm", grad.float(), x.shape, w, params)
+    assert got.is_contiguous() and got_grad.shape == x.shape
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_plan_that_lists_a_grouped_convolution_on_the_gemm_runs_it_on_the_main_set(monkeypatch):
+    """A stored plan is only a timing's advice: the GEMM set cannot run a grouped convolution, so it runs on the
+    plan's main kernels (as it would on a PyTorch without oneDNN)."""
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2).requires_grad_(False)
+    x0 = torch.randn(1, 8, 6, 6)
+    key = record_kernel_calls(lambda: conv(x0)).most_common(1)[0][0].key
+    routed = []
+    apply = cpu_kernels._ConvOn.apply
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
+    x = x0.clone().requires_grad_(True)
+    with cpu_conv_kernels(ConvPlan("native", {key: "gemm"})):
+        conv(x).square().sum().backward()
+    assert routed == [("native", "native")]
+    x_ref = x0.clone().requires_grad_(True)
+    conv(x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
 def _conv(n_in: int, size: int, padding=(1, 1)) -> KernelCall:
     return KernelCall("conv2d", (1, n_in, size, size), (n_in, n_in, 3, 3), (1, n_in, size, size), True,
                       ((1, 1), padding, (1, 1), 1))  # fmt: skip
@@ -131,6 +207,12 @@ def _conv(n_in: int, size: int, padding=(1, 1)) -> KernelCall:
 
 def _fake_timings(monkeypatch, table: dict[KernelCall, dict[str, float]]) -> None:
     monkeypatch.setattr(cpu_kernels, "time_kernel_calls", lambda calls, switch, choices, repeats: table)
+
+
+def _fake_conv_timings(monkeypatch, table: dict[KernelCall, dict]) -> None:
+    """Convolution timings: a (forward, input gradient) pair per set, or one number split evenly between them."""
+    pairs = {c: {k: v if isinstance(v, tuple) else (v / 2, v / 2) for k, v in t.items()} for c, t in table.items()}
+    monkeypatch.setattr(cpu_kernels, "time_conv_calls", lambda calls, choices, repeats: pairs)
 
 
 def test_pick_cpu_conv_plans_each_shape_on_its_faster_kernels(monkeypatch):
@@ -143,7 +225,7 @@ def test_pick_cpu_conv_plans_each_shape_on_its_faster_kernels(monkeypatch):
         tie: {"onednn": 0.98, "native": 1.0},
         same: {"onednn": 0.5, "native": 1.0},
     }
-    _fake_timings(monkeypatch, table)
+    _fake_conv_timings(monkeypatch, table)
     calls = Counter({big: 2, small: 3, tie: 1, same: 1})
     calls[KernelCall("linear", (1, 4), (4, 4), (1, 4), False)] = 5  # not a convolution: not timed here
     plan, seconds = pick_cpu_conv(calls)
@@ -157,7 +239,7 @@ def test_pick_cpu_conv_plans_each_shape_on_its_faster_kernels(monkeypatch):
 )
 def test_pick_cpu_conv_keeps_onednn_unless_native_wins_clearly(monkeypatch, onednn_s, native_s, expected):
     call = _conv(8, 8)
-    _fake_timings(monkeypatch, {call: {"onednn": onednn_s, "native": native_s}})
+    _fake_conv_timings(monkeypatch, {call: {"onednn": onednn_s, "native": native_s}})
     assert pick_cpu_conv(Counter({call: 1}))[0] == ConvPlan(expected)
 
 
@@ -166,10 +248,30 @@ def test_a_near_tie_keeps_onednn_as_main_set_and_moves_only_clear_native_wins(mo
     native runs clearly faster moves: the plan costs less than all-oneDNN, here more than all-native (CI saw it)."""
     a, b, c = _conv(8, 32), _conv(16, 16), _conv(32, 8)
     table = {a: {"onednn": 1.0, "native": 0.94}, b: {"onednn": 1.0, "native": 0.98}, c: {"onednn": 1.0, "native": 0.98}}
-    _fake_timings(monkeypatch, table)
+    _fake_conv_timings(monkeypatch, table)
     plan, seconds = pick_cpu_conv(Counter({a: 1, b: 1, c: 1}))
     assert plan == ConvPlan("onednn", {a.key: "native"})
     assert seconds == pytest.approx({"onednn": 3.0, "native": 2.9, "per shape": 2.94})
+
+
+def test_pick_cpu_conv_plans_a_shapes_forward_and_input_gradient_apart(monkeypatch):
+    """Each direction moves on its own to the set that runs it clearly faster, oneDNN's GEMM included; a set's
+    missing timing (the GEMM cannot run a grouped convolution) leaves it out for that shape."""
+    a, b, c, grouped = _conv(8, 8), _conv(16, 4), _conv(32, 4), _conv(4, 32)
+    table = {
+        a: {"onednn": (3.0, 3.0), "native": (1.0, 1.0), "gemm": (0.97, 0.5)},  # backward only: 3% is no win
+        b: {"onednn": (0.5, 1.0), "native": (1.0, 1.0), "gemm": (2.0, 0.5)},  # forward oneDNN, backward GEMM
+        c: {"onednn": (0.5, 0.5), "native": (1.0, 1.0), "gemm": (0.6, 0.6)},  # both oneDNN
+        grouped: {"onednn": (2.0, 2.0), "native": (1.0, 1.0)},
+    }
+    _fake_conv_timings(monkeypatch, table)
+    plan, seconds = pick_cpu_conv(Counter({a: 2, b: 1, c: 1, grouped: 1}))
+    assert plan == ConvPlan("native", {a.key: "native/gemm", b.key: "onednn/gemm", c.key: "onednn"})
+    assert plan.kernels_of(a.key) == ("native", "gemm") and plan.kernels_of(c.key) == ("onednn", "onednn")
+    assert plan.kernels_of(grouped.key) == ("native", "native")
+    moved = "native/oneDNN GEMM for 1 shape(s); oneDNN for 1 shape(s); oneDNN/oneDNN GEMM for 1 shape(s)"
+    assert str(plan) == "native; " + moved
+    assert seconds == pytest.approx({"onednn": 18.5, "native": 10.0, "per shape": 2 * 1.5 + 1.0 + 1.0 + 2.0})
 
 
 def test_pick_cpu_conv_times_real_kernels():
@@ -177,7 +279,9 @@ def test_pick_cpu_conv_times_real_kernels():
     net = _Net()
     calls = record_kernel_calls(lambda: net(torch.randn(1, 3, 6, 6)))
     plan, seconds = pick_cpu_conv(calls, repeats=2)
-    assert plan.kernels in ("onednn", "native") and set(plan.shapes.values()) <= {"onednn", "native"} - {plan.kernels}
+    assert plan.kernels in ("onednn", "native")
+    assert all(set(plan.kernels_of(key)) <= set(cpu_kernels.CONV_KERNELS) for key in plan.shapes)
+    assert all(plan.kernels_of(key) != (plan.kernels, plan.kernels) for key in plan.shapes)
     assert set(plan.shapes) <= {c.key for c in calls if c.op == "conv2d"}
     assert set(seconds) == {"onednn", "native", "per shape"} and all(s > 0 for s in seconds.values())
     # Each moved shape is faster on its set, so the plan never costs more than its main set alone (it can cost
@@ -359,7 +463,7 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
         return ConvPlan("native", {convs[-1].key: "onednn"}), {"onednn": 2.0, "native": 1.0, "per shape": 0.9}
 
     apply = cpu_kernels._ConvOn.apply
-    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
     seen = _kernels_seen_by_training(monkeypatch)
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
     monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)  # and their UNet far smaller than SD's
@@ -375,7 +479,8 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert logged + " for 1 shape(s)" in caplog.text
     assert seen[0] == ("forward", True)  # the recorded forward (never backward), then the training steps:
     assert seen[1:] == [("forward", False), ("backward", False)] * 2
-    assert set(routed) == {True, False}  # every convolution routed: the listed shape on oneDNN, the rest native
+    # every convolution routed: the listed shape on oneDNN, the rest native
+    assert set(routed) == {("onednn", "onednn"), ("native", "native")}
     assert geglu_calls  # an SD-sized UNet's GEGLUs keep less too
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
     assert state["cpu_conv"] == "native" and list(state["cpu_conv_shapes"].values()) == ["onednn"]
@@ -384,11 +489,13 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
     assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
     assert picks == ["timed"], "a resumed run must not time again"
-    assert seen == [("forward", False), ("backward", False)] and set(routed) == {True, False}
+    assert seen == [("forward", False), ("backward", False)]
+    assert set(routed) == {("onednn", "onednn"), ("native", "native")}
 
     seen.clear(), routed.clear()
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "pinned", "--cpu_conv", "onednn", steps=1)) == 0
-    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)] and set(routed) == {True}
+    assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
+    assert set(routed) == {("onednn", "onednn")}
 
     seen.clear()  # a run too short to win back the timing keeps oneDNN without timing
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 20)
@@ -396,15 +503,27 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
 
 
-def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_path, monkeypatch):
-    """Three steps with every convolution shape moved to oneDNN learn the rows all-native learns."""
+def _counted(counts: Counter, name: str, func):
+    def run(*args):
+        counts[name] += 1
+        return func(*args)
+
+    return run
+
+
+@pytest.mark.parametrize("moved_to", ["onednn", "gemm", "onednn/gemm"])
+def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_path, monkeypatch, moved_to):
+    """Three steps with every convolution shape moved to other kernels learn the rows all-native learns."""
     from helpers import learned, run_cli, train_args
 
     import textinv.train
 
     def pick_all_moved(calls):
-        return ConvPlan("native", {c.key: "onednn" for c in calls if c.op == "conv2d"}), {}
+        return ConvPlan("native", {c.key: moved_to for c in calls if c.op == "conv2d"}), {}
 
+    ran = Counter()
+    for name in ("_gemm_conv", "_gemm_conv_input_grad"):
+        monkeypatch.setattr(cpu_kernels, name, _counted(ran, name, getattr(cpu_kernels, name)))
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
     monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_all_moved)
     rows = {}
@@ -412,6 +531,8 @@ def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_pat
         assert run_cli(train_args(sd1_model, concept_dir, tmp_path / name, *flags, steps=3)) == 0
         rows[name] = learned(tmp_path / name)["<cat-toy>"]
     torch.testing.assert_close(rows["planned"], rows["native"], rtol=1e-4, atol=1e-5)
+    assert bool(ran["_gemm_conv"]) == moved_to.startswith("gemm")
+    assert bool(ran["_gemm_conv_input_grad"]) == moved_to.endswith("gemm")
 
 
 def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
@@ -518,7 +639,7 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
 
     routed, matmul_picks = [], []
     apply = cpu_kernels._ConvOn.apply
-    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4]) or apply(*a))
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
     monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
     monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)
     monkeypatch.setattr(

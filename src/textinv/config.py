@@ -148,10 +148,11 @@ class TrainConfig:
     )
     cpu_conv: str = _flag(
         "auto",
-        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time each convolution "
-        "shape of one step on both before training and run each on its faster set; for SD-1.5 at 256 px on a 2-core "
-        "AMD EPYC: native on the small deep maps, oneDNN on the 32x32 and 16x16 ones: steps 1.07x faster than "
-        "all-native, itself 1.3x faster than oneDNN). Same maths; no effect on GPUs.",
+        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time the forward and "
+        "the input gradient of each convolution shape of one step on both, and on oneDNN's GEMM, before training and "
+        "run each on its faster set; for SD-1.5 at 256 px on a 2-core AMD EPYC: oneDNN on the 32x32 and 16x16 maps, "
+        "native or the GEMM on the small deep ones: UNet steps 1.1x faster than all-native, itself 1.3x faster than "
+        "oneDNN). Same maths; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
     cpu_matmul: str = _flag(

@@ -6,7 +6,9 @@ and on each call's shape (numbers in bench/RESULTS.md). On a 2-core Zen 4 at SD-
 
 - convolutions: oneDNN is 10-25% faster on the 32x32 and 16x16 maps and 2-6x slower on the 8x8 and 4x4 ones,
   so `auto` runs each convolution shape on the kernels that are faster for it ("native, oneDNN for 11 of 37
-  shapes": 6.7% off a UNet step against all-native);
+  shapes": 6.7% off a UNet step against all-native). A third set, "gemm", unfolds the input and multiplies on
+  oneDNN's GEMM: on the 8x8 and 4x4 maps its products beat PyTorch's MKL ones, which take MKL's AVX2 code on
+  AMD. The forward and the input gradient of a shape are planned apart, each on its faster set;
 - linear layers: MKL takes its AVX2 code on AMD, oneDNN picks kernels by instruction set: 1.2-1.9x faster.
 
 `auto` decides before training from timings of the step's own calls: one forward is recorded
@@ -46,12 +48,15 @@ _ARGS = {
 }
 _DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 _OPS = {"conv2d": F.conv2d, "linear": F.linear}
-_NAMES = {"onednn": "oneDNN", "blas": "BLAS"}
+_NAMES = {"onednn": "oneDNN", "blas": "BLAS", "gemm": "oneDNN GEMM"}
+# The convolution kernel sets: the first two can run every frozen convolution and be a run's main set; "gemm"
+# (`_gemm_conv`) runs ungrouped ones and is planned per shape only.
+CONV_KERNELS = ("onednn", "native", "gemm")
 
 
 def kernel_name(kernels: str) -> str:
-    """How logs and plans write a kernel set ("onednn" -> "oneDNN"); other names as they are."""
-    return _NAMES.get(kernels, kernels)
+    """How logs and plans write a kernel set ("onednn" -> "oneDNN", "native/gemm" -> "native/oneDNN GEMM")."""
+    return "/".join(_NAMES.get(k, k) for k in kernels.split("/"))
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,8 @@ class ConvPlan:
     """The kernels a run's CPU convolutions use: one set for all, except the listed shapes.
 
     `kernels` is "onednn" (PyTorch's default), "native", or "" (nothing chosen: as off the CPU). `shapes`
-    maps a `KernelCall.key` to the other set, for the shapes that run faster there.
+    maps a `KernelCall.key` to the kernels of the shapes that run faster elsewhere: one set for both
+    directions ("onednn"), or the forward's and the input gradient's ("native/gemm").
     """
 
     kernels: str = ""
@@ -199,6 +205,11 @@ class ConvPlan:
             return self.kernels
         others = Counter(self.shapes.values())
         return self.kernels + "".join(f"; {kernel_name(k)} for {n} shape(s)" for k, n in sorted(others.items()))
+
+    def kernels_of(self, key: str) -> tuple[str, str]:
+        """The forward's and the input gradient's kernels for the shape `key`."""
+        forward, _, backward = self.shapes.get(key, self.kernels).partition("/")
+        return forward, backward or forward
 
 
 @contextlib.contextmanager
@@ -215,12 +226,68 @@ def _pair(value: Any) -> list[int]:
     return [value, value] if isinstance(value, int) else list(value)
 
 
-def _kernels(onednn: bool | None) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if onednn is None else _mkldnn_enabled(onednn)
+def _kernels(kernels: str | None) -> contextlib.AbstractContextManager:
+    """PyTorch's convolution switch set for "onednn" or "native"; None leaves it (PyTorch picks)."""
+    return contextlib.nullcontext() if kernels is None else _mkldnn_enabled(kernels == "onednn")
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pointwise(weight: torch.Tensor, params: tuple) -> bool:
+    """A 1x1 convolution that reads every pixel once: its patches are the input itself."""
+    stride, padding, dilation, _ = params
+    return weight.shape[2:] == (1, 1) and _pair(stride) == [1, 1] and _pair(padding) == [0, 0]
+
+
+def _gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias, params: tuple) -> torch.Tensor:
+    """An ungrouped convolution as one product on oneDNN's GEMM: (pixels x patch) @ weight.T (the "gemm" set)."""
+    stride, padding, dilation = (_pair(p) for p in params[:3])
+    n, c_out = x.shape[0], weight.shape[0]
+    out_hw = [_out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in (0, 1)]
+    if _pointwise(weight, params):
+        patches = x.flatten(2).transpose(1, 2)
+    else:
+        patches = F.unfold(x, weight.shape[2:], dilation, padding, stride).transpose(1, 2)
+    y = _onednn_gemm(patches, weight.reshape(c_out, -1), bias)  # (n, pixels, c_out)
+    return y.transpose(1, 2).reshape(n, c_out, *out_hw).contiguous()  # NCHW, as the other sets give it
+
+
+def _gemm_conv_input_grad(grad: torch.Tensor, input_shape, weight: torch.Tensor, params: tuple) -> torch.Tensor:
+    """The input gradient of `_gemm_conv`: grad @ weight on oneDNN's GEMM, the patches folded back."""
+    stride, padding, dilation, _ = params
+    n, c_out = grad.shape[:2]
+    patches = _onednn_gemm(grad.flatten(2).transpose(1, 2), weight.reshape(c_out, -1).t(), None)
+    if _pointwise(weight, params):
+        return patches.transpose(1, 2).reshape(input_shape)
+    return F.fold(patches.transpose(1, 2), input_shape[2:], weight.shape[2:], dilation, padding, stride)
+
+
+def _conv_forward(kernels: str | None, x, weight, bias, params: tuple) -> torch.Tensor:
+    """`F.conv2d` on the given kernel set (None: as PyTorch picks)."""
+    if kernels == "gemm":
+        return _gemm_conv(x, weight, bias, params)
+    with _kernels(kernels):
+        return F.conv2d(x, weight, bias, *params)
+
+
+def _conv_input_grad(kernels: str | None, grad: torch.Tensor, input_shape, weight, params: tuple) -> torch.Tensor:
+    """The input gradient of `F.conv2d` (never the weight's) on the given kernel set (None: as PyTorch picks)."""
+    if kernels == "gemm":
+        return _gemm_conv_input_grad(grad, input_shape, weight, params)
+    stride, padding, dilation, groups = params
+    shape_only = grad.new_empty(1).expand(input_shape)  # as torch.nn.grad.conv2d_input passes it
+    with _kernels(kernels):
+        return _convolution_backward(
+            grad, shape_only, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
+            [True, False, False],
+        )[0]  # fmt: skip
 
 
 class _ConvOn(torch.autograd.Function):
-    """`F.conv2d` of a frozen weight on the given kernels (None: as PyTorch picks), forward and input gradient.
+    """`F.conv2d` of a frozen weight, the forward and the input gradient each on the given kernels (None: as
+    PyTorch picks).
 
     It keeps the weight for the backward, not the input: an input gradient needs only the input's shape.
     PyTorch's own convolution keeps the input for a weight gradient that a frozen weight never has (≈ 60 MB
@@ -228,23 +295,16 @@ class _ConvOn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, params: tuple, onednn: bool | None) -> torch.Tensor:
+    def forward(ctx: Any, x, weight, bias, params: tuple, forward: str | None, backward: str | None) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.params, ctx.onednn, ctx.input_shape = params, onednn, x.shape
-        with _kernels(onednn):
-            return F.conv2d(x, weight, bias, *params)
+        ctx.params, ctx.kernels, ctx.input_shape = params, backward, x.shape
+        return _conv_forward(forward, x, weight, bias, params)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.params
-        shape_only = grad.new_empty(1).expand(ctx.input_shape)  # as torch.nn.grad.conv2d_input passes it
-        with _kernels(ctx.onednn):
-            grad_input = _convolution_backward(
-                grad, shape_only, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0],
-                groups, [True, False, False],
-            )[0]  # fmt: skip
-        return grad_input, None, None, None, None
+        grad_input = _conv_input_grad(ctx.kernels, grad, ctx.input_shape, weight, ctx.params)
+        return grad_input, None, None, None, None, None
 
 
 def _convolution_backward(*args):
@@ -256,6 +316,11 @@ def _routable(params: tuple) -> bool:
     """Whether `_ConvOn` can take a call: integer stride, padding and dilation (not padding="same")."""
     stride, padding, dilation, groups = params
     return all(isinstance(v, int) or all(isinstance(i, int) for i in v) for v in (stride, padding, dilation))
+
+
+def _gemm_runs(params: tuple) -> bool:
+    """Whether the "gemm" set can run a routable call: an ungrouped one, on a PyTorch with oneDNN."""
+    return params[3] == 1 and onednn_linear_available()
 
 
 class _ConvPlanMode(TorchFunctionMode):
@@ -274,10 +339,14 @@ class _ConvPlanMode(TorchFunctionMode):
             params = _params("conv2d", given)
             if _frozen(x, weight, bias) and _routable(params):
                 planned = bool(self.plan.kernels) and _fp32_cpu(x, weight, bias)
-                listed = self.plan.shapes.get(_shape_key(x.shape, weight.shape, params)) if planned else None
-                if listed or self.every:
-                    onednn = (listed or self.plan.kernels) == "onednn" if planned else None
-                    return _ConvOn.apply(x, weight, bias, params, onednn)
+                key = _shape_key(x.shape, weight.shape, params)
+                if planned and (key in self.plan.shapes or self.every):
+                    forward, backward = self.plan.kernels_of(key)
+                    if "gemm" in (forward, backward) and not _gemm_runs(params):  # a plan from elsewhere
+                        forward, backward = self.plan.kernels, self.plan.kernels
+                    return _ConvOn.apply(x, weight, bias, params, forward, backward)
+                if self.every:
+                    return _ConvOn.apply(x, weight, bias, params, None, None)
         return func(*args, **kwargs)
 
 
@@ -300,23 +369,66 @@ def cpu_conv_kernels(plan: ConvPlan | str, *, keep_inputs: bool = True) -> Itera
         yield
 
 
-def pick_cpu_conv(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[ConvPlan, dict[str, float]]:
-    """Time a step's convolutions (forward + input gradient) on both kernel sets and plan the faster per shape.
+def time_conv_calls(
+    calls, choices: tuple[str, ...], repeats: int = REPEATS
+) -> dict[KernelCall, dict[str, tuple[float, float]]]:
+    """Best seconds of each convolution shape's forward and of its input gradient (0 where training computes
+    none) on each kernel set in `choices`, timed as `time_kernel_calls` times (interleaved, best reading).
 
-    The run's main set is the one faster over the whole step (oneDNN unless native wins by `MIN_GAIN`); a
-    shape moves to the other set where that is faster for it by `MIN_GAIN`. Returns the plan and the step's
-    convolution seconds all on oneDNN, all native, and as planned.
+    A set that cannot run a shape ("gemm" on a grouped convolution) is left out of that shape's timings.
+    """
+    seconds = {}
+    for call in calls:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(call.input_shape, generator=gen)
+        weight = torch.randn(call.weight_shape, generator=gen) * 0.02
+        bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
+        grad = torch.randn(call.output_shape, generator=gen)
+        runs = [k for k in choices if k != "gemm" or _gemm_runs(call.params)]
+        best = {k: [float("inf"), float("inf") if call.input_grad else 0.0] for k in runs}
+        for _ in range(repeats):
+            for kernels in runs:
+                start = time.perf_counter()
+                _conv_forward(kernels, x, weight, bias, call.params)
+                middle = time.perf_counter()
+                best[kernels][0] = min(best[kernels][0], middle - start)
+                if call.input_grad:
+                    _conv_input_grad(kernels, grad, x.shape, weight, call.params)
+                    best[kernels][1] = min(best[kernels][1], time.perf_counter() - middle)
+        seconds[call] = {k: (f, b) for k, (f, b) in best.items()}
+    return seconds
+
+
+def _faster(times: dict[str, tuple[float, float]], main: str, direction: int) -> str:
+    """The kernel set that runs one direction (0 forward, 1 input gradient) clearly faster than `main`, or `main`."""
+    best = min(times, key=lambda k: times[k][direction])
+    return best if times[best][direction] < (1 - MIN_GAIN) * times[main][direction] else main
+
+
+def pick_cpu_conv(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[ConvPlan, dict[str, float]]:
+    """Time a step's convolutions (forward and input gradient apart) on each kernel set and plan the faster.
+
+    The run's main set is the one faster over the whole step, of oneDNN and native (oneDNN unless native wins
+    by `MIN_GAIN`); a shape's forward or input gradient moves to another set where that is faster for it by
+    `MIN_GAIN`. Returns the plan and the step's convolution seconds all on oneDNN, all native, and as planned.
     """
     convs = Counter({c: n for c, n in calls.items() if c.op == "conv2d"})
     if not convs:
         return ConvPlan("onednn"), {}
-    each = time_kernel_calls(convs, cpu_conv_kernels, ("onednn", "native"), repeats)
-    seconds = _step_seconds(convs, each)
+    each = time_conv_calls(convs, CONV_KERNELS, repeats)
+    seconds = {k: sum(n * sum(each[c][k]) for c, n in convs.items()) for k in CONV_KERNELS[:2]}
     main = "native" if seconds["native"] < (1 - MIN_GAIN) * seconds["onednn"] else "onednn"
-    other = "onednn" if main == "native" else "native"
-    moved = {c for c in convs if _routable(c.params) and each[c][other] < (1 - MIN_GAIN) * each[c][main]}
-    seconds["per shape"] = sum(n * each[c][other if c in moved else main] for c, n in convs.items())
-    return ConvPlan(main, {c.key: other for c in sorted(moved, key=lambda c: c.key)}), seconds
+    shapes, planned = {}, 0.0
+    for call, n in convs.items():
+        forward = backward = main
+        if _routable(call.params):
+            forward = _faster(each[call], main, 0)
+            backward = _faster(each[call], main, 1) if call.input_grad else forward
+        planned += n * (each[call][forward][0] + each[call][backward][1])
+        if (forward, backward) != (main, main):
+            shapes[call.key] = forward if forward == backward else f"{forward}/{backward}"
+    seconds["per shape"] = planned
+    return ConvPlan(main, dict(sorted(shapes.items()))), seconds
 
 
 # --- linear layers -------------------------------------------------------------------------------------------

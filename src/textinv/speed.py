@@ -4,9 +4,10 @@ Each lever here is measured by `bench/levers.py` or `bench/train_speed.py` befor
 bench/RESULTS.md has the numbers.
 
 - CPU kernels of the frozen convolutions and linear layers (`--cpu_conv`, `--cpu_matmul`, kept, default
-  `auto`; `cpu_kernels.py`): oneDNN's or PyTorch's native convolutions per shape, MKL's or oneDNN's GEMM.
-  Same maths, other summation order. SD-1.5 at 256 px on a 2-core AMD EPYC, each measured on its own: native
-  convolutions 1.3x faster per step than oneDNN's, the per-shape plan 7% off all-native, oneDNN's GEMM 10%.
+  `auto`; `cpu_kernels.py`): oneDNN's, PyTorch's native or GEMM-unfolded convolutions per shape and direction,
+  MKL's or oneDNN's GEMM. Same maths, other summation order. SD-1.5 at 256 px on a 2-core AMD EPYC, each
+  measured on its own: native convolutions 1.3x faster per step than oneDNN's, the per-shape plan 7% off
+  all-native, planning forward and input gradient apart with the GEMM set 5% more, oneDNN's GEMM 10%.
 - glibc's heap on CPU (`limit_heap_fragmentation`, kept, automatic): by default glibc serves blocks up
   to 32 MiB from its heap, where a step's freed activations leave holes that later, larger ones cannot
   reuse. Serving blocks of 4 MiB and more with their own mappings took the SD-1.5 peak from 4.73 to
