@@ -242,16 +242,24 @@ def _pointwise(weight: torch.Tensor, params: tuple) -> bool:
 
 
 def _gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias, params: tuple) -> torch.Tensor:
-    """An ungrouped convolution as one product on oneDNN's GEMM: (pixels x patch) @ weight.T (the "gemm" set)."""
+    """An ungrouped convolution as one product on oneDNN's GEMM: weight @ patches (the "gemm" set).
+
+    The weight is the product's left operand, which oneDNN reads as it lies; the right one it first copies
+    into its blocked layout, and on the small deep maps that is the patches matrix, not the far larger weight
+    (4x4 map, 1280 -> 1280 channels: 2.8 ms vs 5.0 ms the other way round). The result is NCHW as it comes.
+    """
     stride, padding, dilation = (_pair(p) for p in params[:3])
     n, c_out = x.shape[0], weight.shape[0]
     out_hw = [_out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in (0, 1)]
     if _pointwise(weight, params):
-        patches = x.flatten(2).transpose(1, 2)
+        patches = x.flatten(2)
     else:
-        patches = F.unfold(x, weight.shape[2:], dilation, padding, stride).transpose(1, 2)
-    y = _onednn_gemm(patches, weight.reshape(c_out, -1), bias)  # (n, pixels, c_out)
-    return y.transpose(1, 2).reshape(n, c_out, *out_hw).contiguous()  # NCHW, as the other sets give it
+        patches = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (n, patch, pixels)
+    columns = patches.transpose(0, 1).reshape(patches.shape[1], -1)  # (patch, n * pixels): a view for n == 1
+    y = _onednn_gemm(weight.reshape(c_out, -1), columns.t(), None)  # (c_out, n * pixels)
+    if bias is not None:
+        y += bias[:, None]
+    return y.view(c_out, n, *out_hw).transpose(0, 1).contiguous()
 
 
 def _gemm_conv_input_grad(grad: torch.Tensor, input_shape, weight: torch.Tensor, params: tuple) -> torch.Tensor:
