@@ -13,8 +13,9 @@ and on each call's shape (numbers in bench/RESULTS.md). On a 2-core Zen 4 at SD-
 
 `auto` decides before training from timings of the step's own calls: one forward is recorded
 (`record_kernel_calls`), then every distinct shape's forward and input gradient is timed a few times with each
-kernel set, interleaved, best reading counted (`time_kernel_calls`). Millisecond timings with a best-of reading
-stay reliable on a shared, noisy machine, where timing whole 3-second steps did not (run P, bench/RESULTS.md).
+kernel set, interleaved, best reading counted (`time_kernel_calls`; `time_conv_calls` times the two apart).
+Millisecond timings with a best-of reading stay reliable on a shared, noisy machine, where timing whole
+3-second steps did not (run P, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -152,6 +153,16 @@ def _run_call(call: KernelCall, x: torch.Tensor, weight: torch.Tensor, bias, gra
         torch.autograd.grad(y, x, grad)
 
 
+def _random_tensors(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Input, weight, bias and output gradient of a call's shapes, to time kernels on (the speed of fp32 kernels
+    does not depend on the values)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(call.input_shape, generator=gen)
+    weight = torch.randn(call.weight_shape, generator=gen) * 0.02
+    bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
+    return x, weight, bias, torch.randn(call.output_shape, generator=gen)
+
+
 def time_kernel_calls(
     calls, switch, choices: tuple[str, ...], repeats: int = REPEATS
 ) -> dict[KernelCall, dict[str, float]]:
@@ -163,11 +174,8 @@ def time_kernel_calls(
     """
     seconds = {}
     for call in calls:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(call.input_shape, generator=gen).requires_grad_(call.input_grad)
-        weight = torch.randn(call.weight_shape, generator=gen) * 0.02
-        bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
-        grad = torch.randn(call.output_shape, generator=gen)
+        x, weight, bias, grad = _random_tensors(call)
+        x.requires_grad_(call.input_grad)
         best = dict.fromkeys(choices, float("inf"))
         for _ in range(repeats):
             for kernels in choices:
@@ -303,10 +311,10 @@ class _ConvOn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, params: tuple, forward: str | None, backward: str | None) -> torch.Tensor:
+    def forward(ctx: Any, x, weight, bias, params: tuple, forward_kernels, backward_kernels) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.params, ctx.kernels, ctx.input_shape = params, backward, x.shape
-        return _conv_forward(forward, x, weight, bias, params)
+        ctx.params, ctx.kernels, ctx.input_shape = params, backward_kernels, x.shape
+        return _conv_forward(forward_kernels, x, weight, bias, params)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -387,11 +395,7 @@ def time_conv_calls(
     """
     seconds = {}
     for call in calls:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(call.input_shape, generator=gen)
-        weight = torch.randn(call.weight_shape, generator=gen) * 0.02
-        bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
-        grad = torch.randn(call.output_shape, generator=gen)
+        x, weight, bias, grad = _random_tensors(call)
         runs = [k for k in choices if k != "gemm" or _gemm_runs(call.params)]
         best = {k: [float("inf"), float("inf") if call.input_grad else 0.0] for k in runs}
         for _ in range(repeats):
