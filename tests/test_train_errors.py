@@ -213,14 +213,6 @@ def _real(name: str):
     return importlib.machinery.PathFinder.find_spec(name)
 
 
-def test_sdxl_model_is_refused_for_training(concept_dir, tmp_path, capsys):
-    from test_concepts import _tiny_sdxl_pipeline
-
-    model = tmp_path / "tiny-sdxl"
-    _tiny_sdxl_pipeline().save_pretrained(model)
-    _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "sdxl (32+48)", "SD 1.x/2.x")
-
-
 def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):
     import json
 

@@ -103,6 +103,9 @@ class TrainConfig:
         "shape. 5 is the paper's value. Default: off (plain MSE, as diffusers' textual inversion); 0 turns off "
         "a model's recommended value.",
     )
+    use_8bit_adam: bool = _flag(
+        False, "bitsandbytes' 8-bit AdamW (as diffusers' SDXL script); needs `pip install bitsandbytes`."
+    )
     adam_beta1: float = _flag(0.9, "AdamW beta1.")
     adam_beta2: float = _flag(0.999, "AdamW beta2.")
     adam_weight_decay: float = _flag(1e-2, "AdamW weight decay (applied to the new rows only).")

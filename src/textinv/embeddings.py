@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from textinv.atomic import write_atomic
 from textinv.errors import TextinvError
 from textinv.families import SDXL_ENCODER_KEYS, family_of_dims
-from textinv.layout import CONCEPT_TYPE_FILE, FOLDER_EMBEDDING_NAMES, TOKEN_FILE
+from textinv.layout import CONCEPT_TYPE_FILE, FOLDER_EMBEDDING_NAMES, TOKEN_FILE, embedding_stem
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt")
@@ -95,7 +95,13 @@ class Embedding:
 
     @property
     def family(self) -> str:
-        return family_of_dims(self.dims)
+        """The family the widths name; for widths no released model has (random test models), the family its
+        trainer recorded (`textinv.family`), else `custom-<dims>`."""
+        family = family_of_dims(self.dims)
+        recorded = self.metadata.get("textinv.family", "")
+        if family.startswith("custom-") and recorded and not recorded.startswith("custom-"):
+            return recorded
+        return family
 
     @property
     def is_sdxl(self) -> bool:
@@ -129,9 +135,13 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
 
 
 def read_embedding_folder(folder: Path) -> Embedding:
-    """A training output or concepts-library folder: learned_embeds.* (+ token_identifier.txt)."""
+    """A training output or concepts-library folder: learned_embeds.* (+ token_identifier.txt).
+
+    An SDXL run's folder also holds learned_embeds_2.* (diffusers' SDXL script: one file per text encoder);
+    the two are one concept, read as a clip_l + clip_g pair.
+    """
     file = find_embedding_file(folder)
-    emb = read_embedding(file)
+    emb = _with_other_encoders(folder, file, read_embedding(file))
     token_file = folder / TOKEN_FILE
     if token_file.is_file():
         # The token the concept's author told users to type wins over the key inside the file.
@@ -142,6 +152,25 @@ def read_embedding_folder(folder: Path) -> Embedding:
     if type_file.is_file():
         emb = replace(emb, metadata={**emb.metadata, "type_of_concept": type_file.read_text(encoding="utf-8").strip()})
     return replace(emb, source=str(folder))
+
+
+def _with_other_encoders(folder: Path, file: Path, emb: Embedding) -> Embedding:
+    """`emb` (the first text encoder's rows) joined by learned_embeds_2.* (and so on) beside it, if any."""
+    if file.name not in FOLDER_EMBEDDING_NAMES or len(emb.vectors) != 1:
+        return emb
+    vectors = list(emb.vectors)
+    while (companion := folder / f"{embedding_stem(len(vectors))}{file.suffix}").is_file():
+        other = read_embedding(companion)
+        if len(other.vectors) != 1 or other.num_vectors != emb.num_vectors:
+            raise TextinvError(
+                f"{companion} does not match {file.name} ({other.num_vectors} vs {emb.num_vectors} vectors); "
+                "both must come from the same training run"
+            )
+        vectors.append(other.vectors[0])
+    if len(vectors) == 1:
+        return emb
+    fmt = "sdxl" if len(vectors) == len(SDXL_ENCODER_KEYS) else emb.format
+    return _make(file, emb.token, tuple(vectors), fmt, emb.metadata)
 
 
 def find_embedding_file(folder: Path) -> Path:
@@ -427,12 +456,16 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
             f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container)"
         )
     if emb.is_sdxl:
-        if to != "a1111" or suffix != SAFETENSORS_SUFFIX:
+        if to != "a1111":
             raise TextinvError(
-                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 to a .safetensors file "
-                "(the layout AUTOMATIC1111, ComfyUI and diffusers' SDXL loading use)"
+                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 "
+                "(the one-file layout AUTOMATIC1111, ComfyUI, kohya and diffusers' SDXL loading use)"
             )
-        tensors = {k: v.contiguous() for k, v in zip(SDXL_ENCODER_KEYS, emb.vectors, strict=True)}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in zip(SDXL_ENCODER_KEYS, emb.vectors, strict=True)}
+        if suffix != SAFETENSORS_SUFFIX:
+            # A1111 reads a pickled SDXL embedding as a dict of exactly these two tensors (any other key,
+            # even a name, breaks its loader); it is named after the file, as for its .safetensors.
+            return write_atomic(path, lambda p: p.write_bytes(torch_zip_bytes(tensors)))
         header = {**emb.metadata, "token": emb.token}
         return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=header))
     vectors = emb.vectors[0]

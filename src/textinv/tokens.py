@@ -53,13 +53,15 @@ def add_placeholder_tokens(tokenizer, token: str, num_vectors: int) -> Placehold
     return Placeholder(token=token, names=tuple(names), ids=ids)
 
 
-def initializer_id(tokenizer, word: str) -> int:
-    """The id of the single token `word` becomes; anything else is refused, naming the pieces."""
+def initializer_id(tokenizer, word: str, tokenizer_name: str | None = None) -> int:
+    """The id of the single token `word` becomes; anything else is refused, naming the pieces (and the
+    tokenizer, for models with several)."""
     ids = tokenizer.encode(word, add_special_tokens=False)
     if len(ids) != 1:
         pieces = [p.replace("</w>", "") for p in tokenizer.convert_ids_to_tokens(ids)]
+        where = f" in {tokenizer_name}" if tokenizer_name else ""
         raise TextinvError(
-            f"--initializer_token {word!r} is {len(ids)} tokens {pieces}, not one; "
+            f"--initializer_token {word!r} is {len(ids)} tokens {pieces}{where}, not one; "
             "pick a single common word close to the concept (e.g. 'toy', 'cat', 'painting')"
         )
     return ids[0]

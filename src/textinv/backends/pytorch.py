@@ -32,7 +32,7 @@ class TorchBackend:
         self.unet, self.noise_scheduler, self.weight_dtype = unet, noise_scheduler, weight_dtype
         scale = cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
         self.learning_rate = cfg.learning_rate * (scale if cfg.scale_lr else 1)
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw_class(cfg.use_8bit_adam)(
             family.rows,
             lr=self.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -111,6 +111,19 @@ class TorchBackend:
             ) from exc
         self.optimizer.load_state_dict(optimizer)
         self.lr_scheduler.load_state_dict(scheduler)
+
+
+def adamw_class(use_8bit_adam: bool) -> type:
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW for `--use_8bit_adam` (its optimizer states in 8 bits)."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise TextinvError(
+            "--use_8bit_adam needs bitsandbytes, which is not installed; `pip install bitsandbytes` or drop the flag"
+        ) from exc
+    return bitsandbytes.optim.AdamW8bit
 
 
 def select_prompts(prompt_ids: tuple[torch.Tensor, ...], image_idx: torch.Tensor, template_idx: torch.Tensor):

@@ -64,11 +64,18 @@ class FamilyAdapter(ABC):
 
     def add_placeholder(self, token: str, num_vectors: int, initializer: str) -> None:
         """Add the token to every tokenizer and install trainable rows, initialised from `initializer`."""
-        for tokenizer, encoder in self.pairs:
+        # Every tokenizer must read the initializer as one token before any of them is changed.
+        init_ids = [initializer_id(tok, initializer, self._tokenizer_name(i)) for i, (tok, _) in enumerate(self.pairs)]
+        for (tokenizer, encoder), init_id in zip(self.pairs, init_ids, strict=True):
             placeholder = add_placeholder_tokens(tokenizer, token, num_vectors)
-            init_id = initializer_id(tokenizer, initializer)
             self.placeholders.append(placeholder)
             self.embeddings.append(install_placeholder_embedding(encoder, tokenizer, placeholder, init_id))
+
+    def _tokenizer_name(self, index: int) -> str | None:
+        """The pipeline attribute of tokenizer `index` (`tokenizer`, `tokenizer_2`), for errors; None with one."""
+        if len(self.pairs) == 1:
+            return None
+        return "tokenizer" if index == 0 else f"tokenizer_{index + 1}"
 
     @property
     def prompt_string(self) -> str:

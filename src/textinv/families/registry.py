@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from textinv.families.sd import StableDiffusionAdapter
+from textinv.families.sdxl import StableDiffusionXLAdapter
 
-ADAPTERS = [StableDiffusionAdapter]
+ADAPTERS = [StableDiffusionAdapter, StableDiffusionXLAdapter]
