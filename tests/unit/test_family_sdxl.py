@@ -33,7 +33,8 @@ def test_adapter_puts_the_token_in_both_tokenizers_and_conditions_like_the_refer
     assert isinstance(family, StableDiffusionXLAdapter) and family.name == "sdxl" and family.dims == (32, 48)
     family.add_placeholder("<xl>", 2, "toy")
     assert [tuple(r.shape) for r in family.rows] == [(2, 32), (2, 48)]
-    for tokenizer, encoder, rows in zip((pipe.tokenizer, pipe.tokenizer_2), family.text_encoders, family.rows):
+    tokenizers = (pipe.tokenizer, pipe.tokenizer_2)
+    for tokenizer, encoder, rows in zip(tokenizers, family.text_encoders, family.rows, strict=True):
         init = encoder.get_input_embeddings().weight[tokenizer.encode("toy", add_special_tokens=False)[0]]
         assert "<xl>_1" in tokenizer.get_vocab() and torch.equal(rows[1], init)
     family.set_images([(40, 48), (64, 32)], 32, center_crop=False)
