@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textinv.atomic import write_text_atomic
 from textinv.errors import TextinvError
+from textinv.layout import embedding_stem
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,10 @@ def write_model_card(
     validation_prompt: str | None = None,
     validation_images: list[Path] | None = None,
     repo_id: str | None = None,
+    family: str = "sd1",
 ) -> Path:
-    """README.md with YAML front matter (the Hub reads it) and how to use the embedding."""
+    """README.md with YAML front matter (the Hub reads it) and how to use the embedding (`family` picks the
+    pipeline class and, for SDXL, one `load_textual_inversion` per text encoder)."""
     output_dir = Path(output_dir)
     load_from = repo_id or str(output_dir)
     example = validation_prompt or (
@@ -41,7 +44,7 @@ def write_model_card(
 license: creativeml-openrail-m
 base_model: {base_model}
 tags:
-- stable-diffusion
+- {"stable-diffusion-xl" if family == "sdxl" else "stable-diffusion"}
 - text-to-image
 - diffusers
 - textual_inversion
@@ -58,16 +61,34 @@ A learned {learnable_property} concept for `{base_model}`, trained with
 ## Use it
 
 ```python
-from diffusers import StableDiffusionPipeline
-
-pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
-pipe.load_textual_inversion("{load_from}")
-image = pipe("{example}").images[0]
+{_usage_code(family, base_model, load_from, placeholder_token, example)}
 ```
+
+Or with textinv, every text encoder in one call: `textinv.load_concept(pipe, "{load_from}")`.
 
 Or from the command line: `textinv generate "{example}" --model {base_model} --concept {load_from}`.
 {images}"""
     return write_text_atomic(output_dir / "README.md", text)
+
+
+def _usage_code(family: str, base_model: str, load_from: str, token: str, example: str) -> str:
+    """The model card's Python: diffusers loads SDXL's two files one text encoder at a time."""
+    if family != "sdxl":
+        return f"""from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
+pipe.load_textual_inversion("{load_from}")
+image = pipe("{example}").images[0]"""
+    loads = "\n".join(
+        f'pipe.load_textual_inversion("{load_from}", weight_name="{embedding_stem(i)}.safetensors", token="{token}",\n'
+        f"                            text_encoder=pipe.{encoder}, tokenizer=pipe.{tokenizer})"
+        for i, (tokenizer, encoder) in enumerate((("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")))
+    )
+    return f"""from diffusers import StableDiffusionXLPipeline
+
+pipe = StableDiffusionXLPipeline.from_pretrained("{base_model}")
+{loads}
+image = pipe("{example}").images[0]"""
 
 
 def push_output_dir(output_dir: Path, *, repo_id: str | None, token: str | None) -> str:

@@ -267,6 +267,7 @@ def finish(run: Run, stopped: bool) -> TrainResult:
             validation_prompt=cfg.validation_prompt,
             validation_images=validation_images,
             repo_id=cfg.hub_model_id if cfg.push_to_hub else None,
+            family=run.family.name,
         )
         if cfg.push_to_hub:
             push_output_dir(run.output_dir, repo_id=cfg.hub_model_id, token=cfg.hub_token)
