@@ -213,6 +213,20 @@ def _real(name: str):
     return importlib.machinery.PathFinder.find_spec(name)
 
 
+def test_use_8bit_adam_without_bitsandbytes_is_one_line(sd1_model, concept_dir, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    args = train_args(sd1_model, concept_dir, tmp_path / "o", "--use_8bit_adam")
+    _fails(capsys, args, "--use_8bit_adam", "pip install bitsandbytes")
+
+
+def test_sdxl_initializer_of_several_tokens_names_the_tokenizer(sdxl_model, concept_dir, tmp_path, capsys):
+    args = train_args(sdxl_model, concept_dir, tmp_path / "o")
+    args[args.index("--initializer_token") + 1] = "red car"
+    _fails(capsys, args, "--initializer_token 'red car' is 2 tokens ['red', 'car'] in tokenizer, not one")
+
+
 def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):
     import json
 

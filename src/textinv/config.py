@@ -37,7 +37,7 @@ class TrainConfig:
     # Model
     pretrained_model_name_or_path: str | None = _flag(
         None,
-        "Model: a diffusers folder, a hub id in the local cache, or a .safetensors file. "
+        "Model (SD 1.x, 2.x or SDXL): a diffusers folder, a hub id in the local cache, or a .safetensors file. "
         "Omitted: the embedded toy model.",
         aliases=("--model",),
     )
@@ -73,7 +73,9 @@ class TrainConfig:
     seed: int | None = _flag(None, "Seed for reproducible training.")
     # Data
     resolution: int = _flag(512, "Images are resized to this square size.")
-    center_crop: bool = _flag(False, "Centre-crop images to a square before resizing.")
+    center_crop: bool = _flag(
+        False, "Centre-crop images to a square before resizing (SDXL also conditions on the crop's corner)."
+    )
     flip_p: float = _flag(
         0.5,
         "Probability of mirroring a training image left-right (diffusers' dataset flips with 0.5). Use 0 when a "

@@ -26,8 +26,10 @@ def register(subparsers) -> None:
         "train",
         help="learn a new token's embedding from a folder of images",
         description=(
-            "Textual inversion, drop-in for diffusers' examples/textual_inversion/textual_inversion.py: "
-            "every flag of that script is accepted with the same meaning and default. "
+            "Textual inversion, drop-in for diffusers' examples/textual_inversion/textual_inversion.py (SD 1.x/2.x) "
+            "and textual_inversion_sdxl.py (SDXL: the token's rows learn in both text encoders and are saved as "
+            "learned_embeds.safetensors + learned_embeds_2.safetensors): every flag of those scripts is accepted "
+            "with the same meaning and default. "
             "Flags you omit take the model's recommended settings when it ships them (the toy model does)."
         ),
         argument_default=argparse.SUPPRESS,  # so we know which flags the user actually gave

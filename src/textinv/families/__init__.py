@@ -69,5 +69,5 @@ def adapter_for(pipe: Any):
             return adapter(pipe)
     raise TextinvError(
         f"textinv cannot train embeddings for {describe_family(pipeline_dims(pipe))} models yet "
-        f"({type(pipe).__name__}); use an SD 1.x/2.x model"
+        f"({type(pipe).__name__}); use an SD 1.x/2.x or SDXL model"
     )
