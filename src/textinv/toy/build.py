@@ -427,7 +427,7 @@ def load_text_encoder_in_float32(out: Path) -> None:
 
 
 def save_pipeline(pipe, out: Path) -> None:
-    """Save in fp16 safetensors (loaded as float32), with the tokenizer as vocab.json + merges.txt (no 3.6 MB tokenizer.json).
+    """Save in fp16 safetensors (loaded as float32), the tokenizer as vocab.json + merges.txt (no tokenizer.json).
 
     transformers 5 saves a tokenizer as tokenizer.json only, so the real CLIP tokenizer's small files
     are copied in instead; they are read first because `out` may be the folder they come from.
