@@ -12,6 +12,7 @@ from textinv.atomic import write_text_atomic
 from textinv.checkpoint import list_checkpoints
 from textinv.embeddings import save_diffusers_embedding
 from textinv.errors import TextinvError
+from textinv.models import shareable_model_name
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ def save_concept(
     `learned_embeds.safetensors` is written last: its presence marks the run as finished.
     """
     output_dir = Path(output_dir)
+    if "textinv.base_model" in metadata:
+        # The file is shared: a local model path would reveal the machine's layout (see shareable_model_name).
+        metadata = {**metadata, "textinv.base_model": shareable_model_name(metadata["textinv.base_model"])}
     save_diffusers_embedding(output_dir / FINAL_EMBEDDING_BIN, token, rows)
     write_text_atomic(output_dir / TOKEN_FILE, token)
     write_text_atomic(output_dir / CONCEPT_TYPE_FILE, learnable_property)
