@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,8 @@ def run_subprocess(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def learned(out: Path, name: str = "learned_embeds.safetensors"):
     return load_file(str(Path(out) / name))
+
+
+def card_snippets(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block of a Markdown text, in order."""
+    return re.findall(r"```(\w+)\n(.*?)\n```", text, flags=re.S)

@@ -11,6 +11,8 @@ log = logging.getLogger("textinv")
 
 
 def register(subparsers) -> None:
+    from textinv.models import TOY_MODEL_DIRS
+
     parser = subparsers.add_parser(
         "toy",
         help="the shapes world, its judge and the embedded toy model",
@@ -37,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--background", default=None, help="also score this background")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_score)
+
+    p = sub.add_parser("path", help="print the embedded toy model's folder (plain diffusers loads it)")
+    p.add_argument("--family", default="sd1", choices=tuple(TOY_MODEL_DIRS), help="model family (default: sd1)")
+    p.set_defaults(func=run_path)
 
     p = sub.add_parser("build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded one)")
@@ -79,6 +85,13 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         rates = ", ".join(f"{k} {v:.0%}" for k, v in result.items() if k not in ("match", "n"))
         print(f"{result['match']:.0%} of {result['n']} images show {world.with_article(args.expect)} ({rates})")
+    return 0
+
+
+def run_path(args: argparse.Namespace) -> int:
+    from textinv.models import toy_model_dir
+
+    print(toy_model_dir(args.family))
     return 0
 
 
