@@ -345,6 +345,51 @@ def infotext(
     return "\n".join(lines)
 
 
+def save_image_batch(
+    folder: str | os.PathLike,
+    images: Sequence[Image.Image],
+    *,
+    prompt: str,
+    first_seed: int,
+    recipe: SamplingRecipe,
+    sampler: str,
+    model: Any = None,
+    concepts: Sequence[str] = (),
+    negative_prompt: str | None = None,
+    first_number: int = 0,
+    name_format: str = "{number:02d}.png",
+) -> list[Path]:
+    """Save a batch of `generate_images` output, each PNG with its A1111 infotext; return the paths.
+
+    The one place where image files get their settings written (`textinv generate`, training validation,
+    the web UI): image i has seed `first_seed + i` and is named `name_format` with `number` =
+    `first_number + i` and `seed`. `model` (a `ModelSource` or a name) is written by its shareable name,
+    never as a local path.
+    """
+    from textinv.models import shareable_model_name
+
+    model_name = shareable_model_name(model) if model is not None else None
+    paths = []
+    for i, image in enumerate(images):
+        seed = first_seed + i
+        text = infotext(
+            prompt,
+            seed=seed,
+            steps=recipe.num_inference_steps,
+            guidance_scale=recipe.guidance_scale,
+            width=image.width,
+            height=image.height,
+            sampler=sampler,
+            negative_prompt=negative_prompt,
+            model=model_name,
+            concepts=concepts,
+            skip_early_cfg=recipe.skip_early_cfg,
+        )
+        name = name_format.format(number=first_number + i, seed=seed)
+        paths.append(save_png(Path(folder) / name, image, text))
+    return paths
+
+
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
