@@ -58,7 +58,9 @@ class TrainConfig:
     )
     initializer_token: str | None = _flag(
         None,
-        "One existing word whose embedding starts the new token (must be a single token).",
+        "An existing word whose embedding starts the new token (one token), or several words: with --num_vectors "
+        "N and W words, vector i starts as word i*W//N (AUTOMATIC1111's rule: 'orange star' with 4 vectors gives "
+        "orange, orange, star, star).",
         aliases=("--init",),
         required=True,
     )
