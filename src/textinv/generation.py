@@ -100,7 +100,7 @@ def generate(request: GenerationRequest, *, progress: bool | Callable[[int], Non
 
 def _prepare(request: GenerationRequest):
     """Check the request, load the model and concepts, and settle the sampling recipe."""
-    from textinv.concepts import load_concept
+    from textinv.concepts import load_concept, resolve_concept, token_for_prompts
     from textinv.models import load_pipeline, resolve_model_source
     from textinv.sample import check_skip_early_cfg, model_recipe, native_size, set_scheduler
 
@@ -122,7 +122,10 @@ def _prepare(request: GenerationRequest):
         width=request.width,
     )
     pipe = load_pipeline(source, torch_dtype=dtype).to(device)
-    tokens = [load_concept(pipe, src, token) for src, token in map(split_concept_arg, request.concepts)]
+    tokens = []
+    for concept, token in map(split_concept_arg, request.concepts):
+        emb = resolve_concept(concept, token)
+        tokens.append(load_concept(pipe, emb, token or token_for_prompts(emb, request.prompts)))
     for token in tokens:
         if not any(token in prompt for prompt in request.prompts):
             log.warning("note: concept %s is loaded but no prompt mentions it", token)

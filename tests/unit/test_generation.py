@@ -55,3 +55,23 @@ def test_the_cli_reports_the_calls_numbers_and_how_to_score_them_alone(sd1_model
     printed = capsys.readouterr().out
     assert "numbers 0-1" in printed and "numbers 2-3" in printed
     assert f"textinv toy score {out} --numbers 2-3" in printed
+
+
+def test_an_a1111_file_is_triggered_by_its_file_name_as_in_a1111(sd1_model, tmp_path, caplog):
+    import torch
+
+    from textinv.embeddings import save_diffusers_embedding
+
+    folder = tmp_path / "out"
+    save_diffusers_embedding(folder / "learned_embeds.safetensors", "<my-star>", torch.randn(1, 32) * 0.3)
+    assert run_cli(["convert", folder, tmp_path / "my-star.pt", "--to", "a1111"]) == 0
+    concept = str(tmp_path / "my-star.pt")
+    with caplog.at_level("WARNING"):
+        result = generate(
+            _request(sd1_model, tmp_path / "a", num_images=1, concepts=(concept,), prompts=("a my-star",))
+        )
+    assert "no prompt mentions" not in caplog.text
+    assert "Textual inversion: my-star," in Image.open(result.images[0]).text["parameters"]
+    # the token stored inside still works, as diffusers' loader names it
+    result = generate(_request(sd1_model, tmp_path / "b", prompts=("a <my-star>",), **one), progress=False)
+    assert "Textual inversion: <my-star>," in Image.open(result.images[0]).text["parameters"]
