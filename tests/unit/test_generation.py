@@ -66,10 +66,9 @@ def test_an_a1111_file_is_triggered_by_its_file_name_as_in_a1111(sd1_model, tmp_
     save_diffusers_embedding(folder / "learned_embeds.safetensors", "<my-star>", torch.randn(1, 32) * 0.3)
     assert run_cli(["convert", folder, tmp_path / "my-star.pt", "--to", "a1111"]) == 0
     concept = str(tmp_path / "my-star.pt")
+    one = dict(num_images=1, concepts=(concept,))
     with caplog.at_level("WARNING"):
-        result = generate(
-            _request(sd1_model, tmp_path / "a", num_images=1, concepts=(concept,), prompts=("a my-star",))
-        )
+        result = generate(_request(sd1_model, tmp_path / "a", prompts=("a my-star",), **one), progress=False)
     assert "no prompt mentions" not in caplog.text
     assert "Textual inversion: my-star," in Image.open(result.images[0]).text["parameters"]
     # the token stored inside still works, as diffusers' loader names it
