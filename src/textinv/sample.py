@@ -1,13 +1,11 @@
 """Generating images with a learned concept: used by `textinv generate` and by training validation.
 
-Small on purpose, so the trainer can call it:
+Small on purpose, so the trainer can call it (a whole `textinv generate` call is `generation.generate`):
 
-    images = generate_images(pipe, "a <cat-toy> backpack", num_images=4, seed=0,
-                             num_inference_steps=30, guidance_scale=7.5)
-    text = infotext("a <cat-toy> backpack", seed=0, steps=30, guidance_scale=7.5,
-                    width=512, height=512, scheduler="dpm")
-    save_png(out / "0000-seed0.png", images[0], text)
-    save_png(out / "grid.png", make_grid(images), text)
+    recipe = SamplingRecipe(num_inference_steps=30, guidance_scale=7.5)
+    images = generate_images(pipe, "a <cat-toy> backpack", num_images=4, seed=0, **recipe.generate_kwargs())
+    paths = save_image_batch(out, images, prompt="a <cat-toy> backpack", first_seed=0, recipe=recipe,
+                             sampler=set_scheduler(pipe, None), model=source, concepts=["<cat-toy>"])
 
 Image `i` of a call uses seed `seed + i` (as AUTOMATIC1111 numbers them), drawn on the CPU so the
 same seed gives the same starting noise on any device.
