@@ -440,6 +440,14 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
     if to not in WRITE_FORMATS:
         raise TextinvError(f"unknown format {to!r}; use one of {', '.join(WRITE_FORMATS)}")
     a1111_image = suffix == ".png" and to == "a1111"
+    if "textinv.base_model" in emb.metadata:
+        from textinv.models import shareable_model_name
+
+        # Files written before textinv stored names may hold a local path; a converted copy is shared.
+        emb = replace(
+            emb,
+            metadata={**emb.metadata, "textinv.base_model": shareable_model_name(emb.metadata["textinv.base_model"])},
+        )
     if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES) and not a1111_image:
         raise TextinvError(
             f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container), "
