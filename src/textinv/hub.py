@@ -76,7 +76,7 @@ A learned {learnable_property} concept for `{name}`, trained with textinv for {s
 Or from the command line:
 
 ```bash
-{_cli_usage(source, name, load_from, example)}
+{_cli_usage(source, name, load_from, repo_id, example)}
 ```
 {images}"""
     return write_text_atomic(output_dir / "README.md", text)
@@ -111,9 +111,11 @@ def _python_usage(source: ModelSource, name: str, load_from: str, example: str) 
     )
 
 
-def _cli_usage(source: ModelSource, name: str, load_from: str, example: str) -> str:
+def _cli_usage(source: ModelSource, name: str, load_from: str, repo_id: str | None, example: str) -> str:
     model = "" if source.kind == "toy" else f" --model {shlex.quote(name)}"
-    return f"textinv generate {shlex.quote(example)}{model} --concept {shlex.quote(load_from)}"
+    generate = f"textinv generate {shlex.quote(example)}{model} --concept {shlex.quote(load_from)}"
+    # textinv reads concepts offline (it never downloads while generating): fetch a pushed one first.
+    return f"hf download {shlex.quote(repo_id)}\n{generate}" if repo_id else generate
 
 
 def push_output_dir(output_dir: Path, *, repo_id: str | None, token: str | None) -> str:

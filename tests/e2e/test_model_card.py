@@ -30,7 +30,7 @@ def test_the_toy_models_card_snippets_run_as_pasted(tmp_path):
         if lang == "python":
             ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
         else:
-            (line,) = code.splitlines()
+            (line,) = code.splitlines()  # one command for a local concept (a pushed one adds `hf download`)
             args = shlex.split(line)
             assert args[0] == "textinv"
             ran = run_subprocess(args[1:], cwd=tmp_path)

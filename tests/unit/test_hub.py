@@ -34,6 +34,12 @@ def test_a_hub_model_goes_in_the_front_matter_and_a_pushed_card_loads_from_the_r
     text = _card(tmp_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", repo_id="me/my-concept")
     assert "base_model: stable-diffusion-v1-5/stable-diffusion-v1-5\n" in text
     assert "load_textual_inversion('me/my-concept')" in text
+    (_, shell) = card_snippets(text)[1]
+    assert shell.splitlines() == [
+        "hf download me/my-concept",
+        "textinv generate 'a photo of a <t>' --model stable-diffusion-v1-5/stable-diffusion-v1-5"
+        " --concept me/my-concept",
+    ]
 
 
 def test_the_toy_models_card_loads_it_through_textinv_and_every_python_snippet_parses(tmp_path):
