@@ -12,7 +12,7 @@ import textinv.train
 
 def test_the_start_up_summary_names_the_values_the_models_textinv_json_filled(monkeypatch, caplog):
     seen = []
-    monkeypatch.setattr(textinv.train, "train", lambda cfg: seen.append(cfg) or _Result())
+    monkeypatch.setattr(textinv.train, "train", lambda cfg, **_: seen.append(cfg) or _Result())
     argv = ["train", "--data", REPO / "examples" / "orange-star", "--token", "<s>", "--init", "star", "--lr", "0.01"]
     with caplog.at_level(logging.INFO, logger="textinv"):
         assert run_cli(argv) == 0
@@ -23,7 +23,7 @@ def test_the_start_up_summary_names_the_values_the_models_textinv_json_filled(mo
 
 
 def test_fp16_on_a_cpu_run_is_warned_about_in_one_line(monkeypatch, caplog):
-    monkeypatch.setattr(textinv.train, "train", lambda cfg: _Result())
+    monkeypatch.setattr(textinv.train, "train", lambda cfg, **_: _Result())
     monkeypatch.setattr(train_command, "_device_type", lambda: "cpu")
     argv = ["train", "--data", REPO / "examples" / "orange-star", "--token", "<s>", "--init", "star"]
     with caplog.at_level(logging.INFO, logger="textinv"):
@@ -37,4 +37,4 @@ def test_fp16_on_a_cpu_run_is_warned_about_in_one_line(monkeypatch, caplog):
 
 
 class _Result:
-    embedding_path, global_step, final_loss = "x", 1, 0.5
+    embedding_path, global_step, final_loss, stopped = "x", 1, 0.5, False
