@@ -9,6 +9,7 @@ from pathlib import Path
 
 from textinv.atomic import write_text_atomic
 from textinv.errors import TextinvError
+from textinv.layout import MODEL_CARD
 from textinv.models import ModelSource, shareable_model_name, source_from_name
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ Or from the command line:
 {_cli_usage(source, name, load_from, repo_id, example)}
 ```
 {images}"""
-    return write_text_atomic(output_dir / "README.md", text)
+    return write_text_atomic(output_dir / MODEL_CARD, text)
 
 
 def _model_note(source: ModelSource, name: str) -> str:
