@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import learned, run_cli, run_subprocess, train_args
-from test_embeddings import a1111_read_file
+from helpers import card_snippets, learned, run_cli, run_subprocess, train_args
 
 import textinv
 from textinv.config import build_config
@@ -26,6 +25,19 @@ from textinv.train import train
 
 pytestmark = pytest.mark.slow
 TOKEN = "<cat-toy>"
+
+
+def a1111_read_file(path: Path):
+    """AUTOMATIC1111's reading of an embedding file (its safe-unpickle gate included), as restated in
+    tests/unit/test_embeddings.py: (prompt word, vectors)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "unit_embeddings", Path(__file__).parents[1] / "unit" / "test_embeddings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.a1111_read_file(path)
 
 
 def test_sdxl_learning_matches_a_straightforward_implementation(sdxl_model, concept_dir, tmp_path):
@@ -152,13 +164,15 @@ def test_sdxl_cli_output_loads_everywhere(sdxl_model, concept_dir, tmp_path, cap
     ids = fresh.tokenizer_2.convert_tokens_to_ids([TOKEN, f"{TOKEN}_1"])
     assert torch.equal(fresh.text_encoder_2.get_input_embeddings().weight[ids].detach(), rows[1])
 
-    # the model card's snippet, as written
-    card = (out / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    # the model card's Python, pasted beside the concept and the model as the card says
+    (python, code), (bash, _) = card_snippets((out / "README.md").read_text())
+    assert (python, bash) == ("python", "bash")
     assert code.count("load_textual_inversion") == 2 and "StableDiffusionXLPipeline" in code
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own card, run as a user would
-    assert scope["image"].size == (32, 32)
+    (tmp_path / sdxl_model.name).symlink_to(sdxl_model)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, f"{code}\n{ran.stderr[-2000:]}"
+    assert list(tmp_path.glob("*.png")), "the card's snippet saves its image"
 
     # convert to the one-file layout A1111/ComfyUI/kohya read, and back, bitwise
     for suffix in (".safetensors", ".pt"):

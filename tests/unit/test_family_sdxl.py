@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from test_concepts import _tiny_sdxl_pipeline
+from helpers import tiny_sdxl_pipeline
 
 from textinv.backends.pytorch import adamw_class
 from textinv.errors import TextinvError
@@ -28,7 +28,7 @@ def test_time_ids_are_original_size_crop_corner_and_target_as_diffusers_sdxl_scr
 
 
 def test_adapter_puts_the_token_in_both_tokenizers_and_conditions_like_the_reference():
-    pipe = _tiny_sdxl_pipeline()
+    pipe = tiny_sdxl_pipeline()
     family = adapter_for(pipe)
     assert isinstance(family, StableDiffusionXLAdapter) and family.name == "sdxl" and family.dims == (32, 48)
     family.add_placeholder("<xl>", 2, "toy")
@@ -55,14 +55,18 @@ def test_adapter_puts_the_token_in_both_tokenizers_and_conditions_like_the_refer
 
 
 def test_an_initializer_that_is_not_one_token_in_each_tokenizer_names_the_tokenizer():
-    pipe = _tiny_sdxl_pipeline()
+    pipe = tiny_sdxl_pipeline()
     pipe.tokenizer.add_tokens(["zzqxword"])  # one token in the first tokenizer only
     family = adapter_for(pipe)
     with pytest.raises(TextinvError, match=r"'zzqxword' is \d+ tokens .* in tokenizer_2, not one"):
         family.add_placeholder("<xl>", 1, "zzqxword")
     assert "<xl>" not in pipe.tokenizer.get_vocab(), "nothing is changed before every tokenizer agreed"
-    with pytest.raises(TextinvError, match=r"is 2 tokens \['red', 'car'\] in tokenizer, not one"):
-        family.add_placeholder("<xl>", 1, "red car")
+    with pytest.raises(TextinvError, match=r"'toyzzqx' is \d+ tokens \[.*\] in tokenizer, not one"):
+        family.add_placeholder("<xl>", 1, "toyzzqx")
+    family.add_placeholder("<xl>", 2, "red car")  # A1111's rule: one word per vector, in both encoders
+    red, car = (pipe.tokenizer_2.encode(w, add_special_tokens=False)[0] for w in ("red", "car"))
+    weight = pipe.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(family.rows[1], torch.stack([weight[red], weight[car]]))
 
 
 def test_use_8bit_adam_needs_bitsandbytes(monkeypatch):

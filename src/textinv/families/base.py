@@ -19,7 +19,7 @@ from textinv.tokens import (
     Placeholder,
     PlaceholderEmbedding,
     add_placeholder_tokens,
-    initializer_id,
+    initializer_ids,
     install_placeholder_embedding,
 )
 
@@ -63,13 +63,17 @@ class FamilyAdapter(ABC):
         return [emb.rows for emb in self.embeddings]
 
     def add_placeholder(self, token: str, num_vectors: int, initializer: str) -> None:
-        """Add the token to every tokenizer and install trainable rows, initialised from `initializer`."""
-        # Every tokenizer must read the initializer as one token before any of them is changed.
-        init_ids = [initializer_id(tok, initializer, self._tokenizer_name(i)) for i, (tok, _) in enumerate(self.pairs)]
-        for (tokenizer, encoder), init_id in zip(self.pairs, init_ids, strict=True):
+        """Add the token to every tokenizer and install trainable rows, initialised from `initializer`'s word(s)
+        (`tokens.initializer_ids`: A1111's rule for several words)."""
+        # Every tokenizer must read the initializer before any of them is changed; errors name the tokenizer.
+        all_ids = [
+            initializer_ids(tok, initializer, num_vectors, self._tokenizer_name(i))
+            for i, (tok, _) in enumerate(self.pairs)
+        ]
+        for (tokenizer, encoder), init_ids in zip(self.pairs, all_ids, strict=True):
             placeholder = add_placeholder_tokens(tokenizer, token, num_vectors)
             self.placeholders.append(placeholder)
-            self.embeddings.append(install_placeholder_embedding(encoder, tokenizer, placeholder, init_id))
+            self.embeddings.append(install_placeholder_embedding(encoder, tokenizer, placeholder, init_ids))
 
     def _tokenizer_name(self, index: int) -> str | None:
         """The pipeline attribute of tokenizer `index` (`tokenizer`, `tokenizer_2`), for errors; None with one."""

@@ -223,8 +223,8 @@ def test_use_8bit_adam_without_bitsandbytes_is_one_line(sd1_model, concept_dir, 
 
 def test_sdxl_initializer_of_several_tokens_names_the_tokenizer(sdxl_model, concept_dir, tmp_path, capsys):
     args = train_args(sdxl_model, concept_dir, tmp_path / "o")
-    args[args.index("--initializer_token") + 1] = "red car"
-    _fails(capsys, args, "--initializer_token 'red car' is 2 tokens ['red', 'car'] in tokenizer, not one")
+    args[args.index("--initializer_token") + 1] = "toyzzqx"
+    _fails(capsys, args, "--initializer_token 'toyzzqx' is", "in tokenizer, not one")
 
 
 def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):
@@ -245,3 +245,19 @@ def test_fp8_base_with_a_full_pipeline_save_is_refused(sd1_model, concept_dir, t
     args = train_args(sd1_model, concept_dir, tmp_path / "o", "--fp8_base", "--save_as_full_pipeline")
     _fails(capsys, args, "--fp8_base", "--save_as_full_pipeline", "drop one")
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_on_a_cpu_run_is_warned_about_in_one_line(sd1_model, concept_dir, tmp_path, caplog):
+    import logging
+
+    for precision in ("fp16", "bf16"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="textinv"):
+            args = train_args(sd1_model, concept_dir, tmp_path / precision, "--mixed_precision", precision, steps=1)
+            assert run_cli(args) == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if precision == "fp16":
+            assert len(warnings) == 1 and "fp16 on the CPU" in warnings[0] and "bf16" in warnings[0], warnings
+            assert "\n" not in warnings[0]
+        else:
+            assert not warnings, warnings
