@@ -469,10 +469,10 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
             "or .png with --to a1111 (an AUTOMATIC1111 embedding image)"
         )
     if emb.is_sdxl:
-        if to != "a1111":
+        if to != "a1111" or a1111_image:
             raise TextinvError(
-                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 "
-                "(the one-file layout AUTOMATIC1111, ComfyUI, kohya and diffusers' SDXL loading use)"
+                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 to a .safetensors or .pt "
+                "file (the one-file layout AUTOMATIC1111, ComfyUI, kohya and diffusers' SDXL loading use)"
             )
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in zip(SDXL_ENCODER_KEYS, emb.vectors, strict=True)}
         if suffix != SAFETENSORS_SUFFIX:
