@@ -18,4 +18,4 @@ def require_jax() -> None:
     """Raise a one-line TextinvError naming the install command when jax, flax or optax is missing."""
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
-        raise TextinvError(f"--backend jax needs {', '.join(missing)}, which is not installed; {INSTALL_HINT}")
+        raise TextinvError(f"--backend jax needs {' and '.join(missing)} (not installed); {INSTALL_HINT}")

@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -35,7 +34,7 @@ CLIP_RENAMES = ((".text_model.", "."), (".encoder.layers.", ".layers."))
 IGNORED_KEYS = {"text_model.embeddings.position_ids"}
 WEIGHT_NAMES = ("kernel", "scale", "embedding")
 
-TensorSource = Iterator[tuple[str, Callable[[], np.ndarray | jax.Array]]]
+TensorSource = Iterator[tuple[str, Callable[[], np.ndarray]]]
 
 
 def _module_path(key: str, renames) -> tuple:
@@ -45,14 +44,15 @@ def _module_path(key: str, renames) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in key.strip(".").split("."))
 
 
-def _to_layout(array: jax.Array, target_name: str, target_ndim: int) -> jax.Array:
+def _to_layout(array: np.ndarray, target_name: str, target_ndim: int) -> np.ndarray:
+    # numpy, not jax: eager jax ops would compile once per tensor shape, seconds for a whole UNet.
     if target_name == "kernel" and array.ndim == 4:
-        return jnp.transpose(array, (2, 3, 1, 0))  # OIHW → HWIO
-    if target_name == "kernel" and array.ndim == 2 and target_ndim == 4:
-        return jnp.transpose(array)[None, None]  # a linear weight for a 1x1 convolution
-    if target_name == "kernel" and array.ndim == 2:
-        return jnp.transpose(array)
-    return array
+        array = array.transpose(2, 3, 1, 0)  # OIHW → HWIO
+    elif target_name == "kernel" and array.ndim == 2 and target_ndim == 4:
+        array = array.T[None, None]  # a linear weight for a 1x1 convolution
+    elif target_name == "kernel" and array.ndim == 2:
+        array = array.T
+    return np.ascontiguousarray(array)
 
 
 def fill_params(abstract: nnx.Module, tensors: TensorSource, renames, dtype, what: str) -> nnx.Module:
@@ -71,13 +71,13 @@ def fill_params(abstract: nnx.Module, tensors: TensorSource, renames, dtype, wha
                 f"the {what} weights hold {key!r}, which the JAX {what} does not have; use --backend torch"
             )
         spec = targets[path].get_value()
-        array = _to_layout(jnp.asarray(read()), path[-1], len(spec.shape))
+        array = _to_layout(read(), path[-1], len(spec.shape))
         if array.shape != spec.shape:
             raise TextinvError(
                 f"the {what} weight {key!r} has shape {tuple(array.shape)}, its config says {tuple(spec.shape)}; "
                 "the model folder is inconsistent"
             )
-        filled[path] = targets[path].replace(array.astype(dtype))
+        filled[path] = targets[path].replace(array.astype(dtype, copy=False))
     missing = sorted(".".join(map(str, p)) for p in targets if p not in filled)
     if missing:
         raise TextinvError(
@@ -104,13 +104,22 @@ def component_files(folder: Path, variant: str | None = None) -> list[Path]:
 
 
 def read_safetensors(files: list[Path]) -> TensorSource:
-    """Each tensor of `files`, read only when asked (the weights are never all held twice)."""
+    """Each tensor of `files`, read only when asked (the weights are never all held twice).
+
+    Read through torch, whose safetensors reader knows bf16 (numpy's does not); fp16 and fp32 stay as stored.
+    """
     from safetensors import safe_open
 
     for file in files:
-        with safe_open(str(file), framework="flax") as f:
+        with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield key, lambda f=f, key=key: f.get_tensor(key)
+                yield key, lambda f=f, key=key: _numpy(f.get_tensor(key))
+
+
+def _numpy(tensor) -> np.ndarray:
+    import torch
+
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def read_torch_module(module) -> TensorSource:
