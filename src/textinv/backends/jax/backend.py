@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from textinv.backends.jax import payload
+from textinv.backends.jax import FP16_REFUSAL, payload
 from textinv.backends.jax.clip import CLIPTextEncoder
 from textinv.backends.jax.step import Frozen, OptimizerConfig, StepFunction, TrainState, init_state, make_optimizer
 from textinv.backends.jax.step import learning_rates as diffusers_learning_rates
@@ -31,14 +31,13 @@ BATCH_AXIS = "batch"
 
 def weight_dtype(mixed_precision: str):
     if mixed_precision not in WEIGHT_DTYPES:
-        raise TextinvError(
-            f"--backend jax trains with --mixed_precision no or bf16, not {mixed_precision} "
-            "(fp16 needs loss scaling, which only the torch backend has); use bf16"
-        )
+        raise TextinvError(FP16_REFUSAL)
     return WEIGHT_DTYPES[mixed_precision]
 
 
-def load_models(model_dir: Path | None, pipe, mixed_precision: str, variant: str | None = None):
+def load_models(
+    model_dir: Path | None, pipe, mixed_precision: str, variant: str | None = None, gradient_checkpointing: bool = False
+):
     """The Flax text encoder and UNet: from the model folder's safetensors, else from the loaded PyTorch pipeline.
 
     A diffusers folder (or a hub snapshot) is read straight from its files; a single-file checkpoint has no
@@ -47,9 +46,14 @@ def load_models(model_dir: Path | None, pipe, mixed_precision: str, variant: str
     dtype = weight_dtype(mixed_precision)
     if model_dir is not None and (Path(model_dir) / "unet" / "config.json").is_file():
         folder = Path(model_dir)
-        return load_text_encoder(folder / "text_encoder", dtype, variant), load_unet(folder / "unet", dtype, variant)
-    text_encoder = build_text_encoder(pipe.text_encoder.config.to_dict(), read_torch_module(pipe.text_encoder), dtype)
-    return text_encoder, build_unet(dict(pipe.unet.config), read_torch_module(pipe.unet), dtype)
+        text_encoder = load_text_encoder(folder / "text_encoder", dtype, variant)
+        unet = load_unet(folder / "unet", dtype, variant)
+    else:
+        config = pipe.text_encoder.config.to_dict()
+        text_encoder = build_text_encoder(config, read_torch_module(pipe.text_encoder), dtype)
+        unet = build_unet(dict(pipe.unet.config), read_torch_module(pipe.unet), dtype)
+    unet.gradient_checkpointing = gradient_checkpointing
+    return text_encoder, unet
 
 
 class JaxBackend:
@@ -82,6 +86,14 @@ class JaxBackend:
     def local_devices(self) -> int:
         """This process's devices in the mesh: it draws `--train_batch_size` times this many samples per micro-step."""
         return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+
+    def local_slice(self, global_batch: int) -> slice:
+        """Which samples of a global micro-batch this process draws and feeds (all of them on one host)."""
+        indices = self.batch_sharding.addressable_devices_indices_map((1, global_batch)).values()
+        parts = sorted({index[1].indices(global_batch)[:2] for index in indices})
+        if any(a[1] != b[0] for a, b in zip(parts, parts[1:], strict=False)):
+            raise TextinvError("this host's devices do not hold a contiguous part of the batch; check the launch")
+        return slice(parts[0][0], parts[-1][1])
 
     def init_state(self, rows: np.ndarray) -> TrainState:
         return jax.device_put(init_state(rows, self.tx), self.replicated)

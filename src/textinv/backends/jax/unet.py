@@ -237,6 +237,8 @@ class UNet(nnx.Module):
 
     def __init__(self, cfg: UNetConfig, rngs: nnx.Rngs):
         self.config = cfg
+        # --gradient_checkpointing: each block's activations are recomputed in the backward instead of kept.
+        self.gradient_checkpointing = False
         chans, t = cfg.block_out_channels, cfg.block_out_channels[0] * 4
         self.conv_in = conv(cfg.in_channels, chans[0], 3, rngs)
         self.time_embedding = TimestepEmbedding(chans[0], t, rngs)
@@ -260,6 +262,21 @@ class UNet(nnx.Module):
         self.conv_norm_out = GroupNorm(cfg.norm_num_groups, chans[0], cfg.norm_eps)
         self.conv_out = conv(chans[0], cfg.out_channels, 3, rngs)
 
+    def _maybe_remat(self, fn):
+        """`fn(block, *arrays)`, under `jax.checkpoint` with --gradient_checkpointing.
+
+        The block goes in as its parameters (a pure function of arrays) rather than through `nnx.remat`, which
+        would write the parameters back and fails when they belong to the caller's trace.
+        """
+        if not self.gradient_checkpointing:
+            return fn
+
+        def rematerialised(block, *args):
+            graphdef, state = nnx.split(block)
+            return jax.checkpoint(lambda state, *args: fn(nnx.merge(graphdef, state), *args))(state, *args)
+
+        return rematerialised
+
     def _attention(self, level: int) -> dict:
         cfg = self.config
         return {
@@ -277,14 +294,15 @@ class UNet(nnx.Module):
         x = self.conv_in(x)
         skips = [x]
         for block in self.down_blocks:
-            x, more = block.down(x, temb, context)
+            x, more = self._maybe_remat(UNetBlock.down)(block, x, temb, context)
             skips += more
-        x = self.mid_block(x, temb, context)
+        x = self._maybe_remat(MidBlock.__call__)(self.mid_block, x, temb, context)
         for block in self.up_blocks:
             mine = skips[-len(block.resnets) :]
             del skips[-len(block.resnets) :]
             # The upsampler matches the next skip's size, so odd latent sizes come back as they went down.
             size = tuple(skips[-1].shape[1:3]) if skips else None
-            x = block.up(x, temb, context, mine, size)
+            up = lambda block, x, temb, context, mine, size=size: block.up(x, temb, context, mine, size)  # noqa: E731
+            x = self._maybe_remat(up)(block, x, temb, context, mine)
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return jnp.transpose(x, (0, 3, 1, 2))
