@@ -66,10 +66,16 @@ def shared_setup(model_dir: Path, concept_dir: Path, num_vectors: int = 1, seed:
     return Shared(Path(model_dir), pipe, placeholder.ids[0], new_rows, posteriors, template_ids, scheduler, stream)
 
 
-def step_draws(shared: Shared, step: int, batch: int, accum: int) -> list:
-    """The micro-batches of optimisation step `step`, at the stream positions train.py gives them."""
+def step_draws(shared: Shared, step: int, batch: int, accum: int, part: slice | None = None) -> list:
+    """The micro-batches of optimisation step `step`, at the stream positions train.py gives them.
+
+    `part`: the samples of each global micro-batch this process draws (a multi-host run's share).
+    """
+    part = part or slice(0, batch)
     first = step * batch * accum
-    return [shared.stream.draw(range(first + m * batch, first + (m + 1) * batch)) for m in range(accum)]
+    return [
+        shared.stream.draw(range(first + m * batch + part.start, first + m * batch + part.stop)) for m in range(accum)
+    ]
 
 
 def train_torch(shared: Shared, optim, steps: int, batch: int, accum: int, snr_gamma=None):
@@ -123,9 +129,8 @@ def train_jax(shared: Shared, backend, steps: int, batch: int, accum: int, snr_g
         state = backend.init_state(shared.new_rows.rows.detach().numpy())
     losses = []
     for step in range(first, first + steps):
-        arrays = step_batch(
-            step_draws(shared, step, batch, accum), shared.posteriors, shared.template_ids, shared.scheduler, snr_gamma
-        )
+        draws = step_draws(shared, step, batch, accum, backend.local_slice(batch))
+        arrays = step_batch(draws, shared.posteriors, shared.template_ids, shared.scheduler, snr_gamma)
         state, loss = backend.train_step(state, arrays)
         losses.append(loss)
     return losses, backend.rows(state), state
@@ -156,5 +161,24 @@ def _devices_main(model_dir: str, concept_dir: str) -> None:
     print(json.dumps({"devices": backend.num_devices, "losses": losses, "rows": rows.tolist()}))
 
 
-if __name__ == "__main__" and sys.argv[1] == "devices":
-    _devices_main(sys.argv[2], sys.argv[3])
+def _hosts_main(model_dir: str, concept_dir: str) -> None:
+    """SD1_RUN as one process of a multi-host run on this machine (JAX_* variables set by the caller)."""
+    import jax
+
+    from textinv.backends.jax.distributed import join_distributed
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    assert join_distributed()
+    shared = shared_setup(Path(model_dir), Path(concept_dir), num_vectors=SD1_RUN["num_vectors"])
+    backend = make_backend(shared, sd1_optimizer())
+    losses, rows, _ = train_jax(shared, backend, SD1_RUN["steps"], SD1_RUN["batch"], SD1_RUN["accum"])
+    part = backend.local_slice(SD1_RUN["batch"])
+    print(
+        json.dumps(
+            {"devices": backend.num_devices, "part": [part.start, part.stop], "losses": losses, "rows": rows.tolist()}
+        )
+    )
+
+
+if __name__ == "__main__":
+    {"devices": _devices_main, "hosts": _hosts_main}[sys.argv[1]](sys.argv[2], sys.argv[3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,29 @@ def test_two_xla_host_devices_learn_what_one_learns(sd1_runs, sd1_model):
     assert two["devices"] == 2
     np.testing.assert_allclose(two["losses"], sd1_runs["jax"][0], rtol=1e-5)
     assert moved_fraction(sd1_runs["jax"][1], np.asarray(two["rows"]), sd1_runs["start"]) <= 0.01
+
+
+def test_two_processes_joined_by_jax_distributed_learn_what_one_learns(sd1_runs, sd1_model):
+    """The multi-host path on one machine: two processes, one CPU device each, jax.distributed over gloo."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"}
+    env.update(JAX_NUM_PROCESSES="2", PYTHONPATH=os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p))
+    env.pop("XLA_FLAGS", None)
+    command = [sys.executable, str(HELPER), "hosts", str(sd1_model), str(sd1_runs["concept"])]
+    hosts = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "JAX_PROCESS_ID": str(i)}
+        )
+        for i in range(2)
+    ]
+    outputs = [host.communicate(timeout=900) for host in hosts]
+    for host, (_, err) in zip(hosts, outputs, strict=True):
+        assert host.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [r["part"] for r in results] == [[0, 1], [1, 2]]  # each process drew its own half of the batch
+    for result in results:
+        assert result["devices"] == 2
+        np.testing.assert_allclose(result["losses"], sd1_runs["jax"][0], rtol=1e-5)
+        assert moved_fraction(sd1_runs["jax"][1], np.asarray(result["rows"]), sd1_runs["start"]) <= 0.01

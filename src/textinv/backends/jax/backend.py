@@ -8,6 +8,7 @@ inserts the gradient mean across devices.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -54,6 +55,32 @@ def load_models(
         unet = build_unet(dict(pipe.unet.config), read_torch_module(pipe.unet), dtype)
     unet.gradient_checkpointing = gradient_checkpointing
     return text_encoder, unet
+
+
+def enable_compilation_cache(environ=os.environ) -> None:
+    """Keep XLA's compiled step on disk, so a resumed or repeated run skips the compile (minutes for SD on CPU).
+
+    `JAX_COMPILATION_CACHE_DIR` wins when set; else `~/.cache/textinv/jax`. A cached executable computes the same
+    bits as a fresh compile of the same program.
+    """
+    if not environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = Path(environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textinv" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+
+
+def optimizer_config(cfg, learning_rate: float, total_steps: int) -> OptimizerConfig:
+    """AdamW and the LR schedule of a `TrainConfig`, with the LR the shared code scaled (--scale_lr)."""
+    return OptimizerConfig(
+        learning_rate=learning_rate,
+        lr_scheduler=cfg.lr_scheduler,
+        lr_warmup_steps=cfg.lr_warmup_steps,
+        lr_num_cycles=cfg.lr_num_cycles,
+        total_steps=total_steps,
+        beta1=cfg.adam_beta1,
+        beta2=cfg.adam_beta2,
+        weight_decay=cfg.adam_weight_decay,
+        epsilon=cfg.adam_epsilon,
+    )
 
 
 class JaxBackend:
