@@ -1,7 +1,8 @@
 """The shared data path set up as `textinv train` sets it up, and a few steps trained by each backend on it.
 
-Run as a script (`python tests/helpers_jax.py devices MODEL CONCEPT`) it trains the same steps on one and on
-two XLA host devices; the device-count flag must be set before jax starts, hence a process of its own.
+Run as a script (`python tests/helpers_jax.py devices|hosts MODEL CONCEPT`) it trains SD1_RUN on every device
+of the process, or as one process of a multi-host run; the device count and the distributed set-up must be
+fixed before jax starts, hence processes of their own.
 """
 
 from __future__ import annotations
@@ -14,32 +15,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textinv.data import (
-    SampleStream,
-    cache_latent_posteriors,
-    flips_drawn,
-    load_concept_images,
-    templates_for,
-    tokenize_templates,
-)
+from textinv.data import SampleStream, cache_latent_posteriors, flips_drawn, load_concept_images, templates_for
+from textinv.families import adapter_for
 from textinv.models import load_pipeline, resolve_model_source
-from textinv.tokens import add_placeholder_tokens, initializer_id, install_placeholder_embedding
 
 RESOLUTION = 32
 
 
 @dataclass
 class Shared:
-    """What both backends share: the pipeline (torch), the rows' start, posteriors, templates, the stream."""
+    """What both backends share: the pipeline and family adapter (torch), posteriors, prompt table, the stream."""
 
     model_dir: Path
     pipe: object
-    first_new_id: int
-    new_rows: torch.nn.Module
+    family: object
     posteriors: object
-    template_ids: torch.Tensor
+    prompt_ids: torch.Tensor  # [1, templates, L]
     scheduler: object
     stream: SampleStream
+
+    @property
+    def rows(self) -> torch.nn.Parameter:
+        return self.family.rows[0]
+
+    @property
+    def first_new_id(self) -> int:
+        return self.family.placeholders[0].ids[0]
 
 
 def shared_setup(model_dir: Path, concept_dir: Path, num_vectors: int = 1, seed: int = 0) -> Shared:
@@ -48,22 +49,21 @@ def shared_setup(model_dir: Path, concept_dir: Path, num_vectors: int = 1, seed:
     pipe = load_pipeline(resolve_model_source(str(model_dir)), torch_dtype=torch.float32)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
-    placeholder = add_placeholder_tokens(pipe.tokenizer, "<cat-toy>", num_vectors)
-    init_id = initializer_id(pipe.tokenizer, "toy")
-    new_rows = install_placeholder_embedding(pipe.text_encoder, pipe.tokenizer, placeholder, init_id)
+    family = adapter_for(pipe)
+    family.add_placeholder("<cat-toy>", num_vectors, "toy")
     images, _ = load_concept_images(concept_dir)
     posteriors = cache_latent_posteriors(pipe.vae, images, RESOLUTION, False, "cpu", torch.float32, flips_drawn(0.5))
-    template_ids = tokenize_templates(pipe.tokenizer, templates_for("object"), placeholder.prompt_string)
+    (prompt_ids,) = family.tokenize([t.format(family.prompt_string) for t in templates_for("object")])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     stream = SampleStream(
         seed=seed,
         num_images=len(images),
         repeats=100,
-        num_templates=len(template_ids),
+        num_templates=len(prompt_ids),
         latent_shape=posteriors.latent_shape,
         num_train_timesteps=scheduler.config.num_train_timesteps,
     )
-    return Shared(Path(model_dir), pipe, placeholder.ids[0], new_rows, posteriors, template_ids, scheduler, stream)
+    return Shared(Path(model_dir), pipe, family, posteriors, prompt_ids[None], scheduler, stream)
 
 
 def step_draws(shared: Shared, step: int, batch: int, accum: int, part: slice | None = None) -> list:
@@ -79,12 +79,12 @@ def step_draws(shared: Shared, step: int, batch: int, accum: int, part: slice | 
 
 
 def train_torch(shared: Shared, optim, steps: int, batch: int, accum: int, snr_gamma=None):
-    """train.py's loss, torch AdamW and diffusers' schedule on the shared draws: (losses, final rows)."""
+    """The torch backend's loss, torch AdamW and diffusers' schedule on the shared draws: (losses, final rows)."""
     from diffusers.optimization import get_scheduler
 
-    from textinv.train import _diffusion_loss
+    from textinv.backends.pytorch import diffusion_loss, select_prompts
 
-    rows = shared.new_rows.rows
+    rows = shared.rows
     start = rows.detach().clone()
     optimizer = torch.optim.AdamW(
         [rows], lr=optim.learning_rate, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay,
@@ -94,12 +94,13 @@ def train_torch(shared: Shared, optim, steps: int, batch: int, accum: int, snr_g
         optim.lr_scheduler, optimizer=optimizer, num_warmup_steps=optim.lr_warmup_steps,
         num_training_steps=optim.total_steps, num_cycles=optim.lr_num_cycles,
     )  # fmt: skip
-    pipe, losses = shared.pipe, []
+    losses = []
     for step in range(steps):
         step_loss = 0.0
         for draws in step_draws(shared, step, batch, accum):
-            loss = _diffusion_loss(
-                draws, shared.posteriors, shared.template_ids, pipe.text_encoder, pipe.unet, shared.scheduler,
+            ids = select_prompts((shared.prompt_ids,), draws.image_idx, draws.template_idx)
+            loss = diffusion_loss(
+                draws, shared.posteriors, ids, shared.family, shared.pipe.unet, shared.scheduler,
                 torch.device("cpu"), torch.float32, snr_gamma,
             )  # fmt: skip
             (loss / accum).backward()
@@ -126,11 +127,11 @@ def train_jax(shared: Shared, backend, steps: int, batch: int, accum: int, snr_g
     from textinv.backends.jax.batch import step_batch
 
     if state is None:
-        state = backend.init_state(shared.new_rows.rows.detach().numpy())
+        state = backend.init_state(shared.rows.detach().numpy())
     losses = []
     for step in range(first, first + steps):
         draws = step_draws(shared, step, batch, accum, backend.local_slice(batch))
-        arrays = step_batch(draws, shared.posteriors, shared.template_ids, shared.scheduler, snr_gamma)
+        arrays = step_batch(draws, shared.posteriors, shared.prompt_ids, shared.scheduler, snr_gamma)
         state, loss = backend.train_step(state, arrays)
         losses.append(loss)
     return losses, backend.rows(state), state

@@ -116,6 +116,12 @@ class TrainConfig:
     mixed_precision: str = _flag(
         "no", "Frozen weights in this precision; the new rows stay fp32.", choices=("no", "fp16", "bf16")
     )
+    backend: str = _flag(
+        "torch",
+        "What runs the training step: 'torch' (PyTorch + Accelerate) or 'jax' (Flax + XLA: TPUs, every local "
+        'device, several hosts; pip install -e ".[jax]"). Same flags, same samples, same outputs.',
+        choices=("torch", "jax"),
+    )
     allow_tf32: bool = _flag(False, "Allow TF32 matmuls on Ampere+ GPUs.")
     report_to: str = _flag("tensorboard", "Tracker: tensorboard, wandb, comet_ml, all or none.")
     # Validation

@@ -15,14 +15,14 @@ from textinv.errors import TextinvError
 
 @dataclass
 class DenoisingTargets:
-    noisy: torch.Tensor  # [B, C, h, w] fp32
+    noisy: torch.Tensor  # [B, C, h, w], the latents' dtype (fp32)
     target: torch.Tensor  # [B, C, h, w] fp32
     timesteps: torch.Tensor  # [B] long
     weights: torch.Tensor  # [B] fp32: Min-SNR weights, ones when off
 
 
 def denoising_targets(latents, noise, timesteps, noise_scheduler, snr_gamma: float | None) -> DenoisingTargets:
-    """Noise `latents` at `timesteps` and name what the UNet must predict (train.py's `_diffusion_loss` inputs)."""
+    """Noise `latents` at `timesteps` and name what the UNet must predict, and each sample's loss weight."""
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise
@@ -32,9 +32,21 @@ def denoising_targets(latents, noise, timesteps, noise_scheduler, snr_gamma: flo
         raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if snr_gamma:
-        from textinv.train import min_snr_weights
-
         weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma, prediction_type).float()
     else:
-        weights = torch.ones(len(timesteps))
-    return DenoisingTargets(noisy.float(), target.float(), timesteps, weights)
+        weights = torch.ones(len(timesteps), device=timesteps.device)
+    return DenoisingTargets(noisy, target.float(), timesteps, weights)
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ loss weights: min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction.
+
+    Written as a clamp so that a zero-terminal-SNR schedule (SNR = 0 at the last timestep) gives the
+    limits 1 (ε) and 0 (v) instead of 0/0.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
+    return torch.clamp(gamma / snr, max=1.0)

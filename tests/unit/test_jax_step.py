@@ -68,7 +68,7 @@ def sd1_runs(sd1_model, tmp_path_factory):
     """SD1_RUN trained by torch (train.py's loss, AdamW, diffusers' schedule) and by the JAX backend (fp32)."""
     concept = write_concept_images(tmp_path_factory.mktemp("jax-concept") / "concept")
     shared = shared_setup(sd1_model, concept, num_vectors=SD1_RUN["num_vectors"])
-    start = shared.new_rows.rows.detach().numpy().copy()
+    start = shared.rows.detach().numpy().copy()
     run = (SD1_RUN["steps"], SD1_RUN["batch"], SD1_RUN["accum"])
     torch_losses, torch_rows = train_torch(shared, sd1_optimizer(), *run)
     backend = make_backend(shared, sd1_optimizer())
@@ -88,7 +88,7 @@ def test_jax_learns_what_torch_learns_sd1_two_vectors_accumulation(sd1_runs):
 
 def test_jax_learns_what_torch_learns_sd2_v_prediction_min_snr(sd2_model, concept_dir):
     shared = shared_setup(sd2_model, concept_dir)
-    start = shared.new_rows.rows.detach().numpy().copy()
+    start = shared.rows.detach().numpy().copy()
     optim = OptimizerConfig(learning_rate=5e-3, total_steps=3)
     torch_losses, torch_rows = train_torch(shared, optim, 3, 2, 1, snr_gamma=5.0)
     jax_losses, jax_rows, _ = train_jax(shared, make_backend(shared, optim), 3, 2, 1, snr_gamma=5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from textinv.backends.pytorch import select_prompts
 from textinv.data import LatentPosteriors, SampleDraws
 from textinv.targets import denoising_targets
 
@@ -12,11 +13,14 @@ from textinv.targets import denoising_targets
 def step_batch(
     micro_draws: list[SampleDraws],
     posteriors: LatentPosteriors,
-    template_ids: torch.Tensor,
+    prompt_ids: torch.Tensor,
     noise_scheduler,
     snr_gamma: float | None,
 ) -> dict[str, np.ndarray]:
-    """Latents from the shared posterior cache, noised by diffusers' scheduler, with their prompts' token ids."""
+    """Latents from the shared posterior cache, noised by diffusers' scheduler, with their prompts' token ids.
+
+    `prompt_ids` is the tokenized prompt table, [1 or images, templates, L] (`backends.pytorch.select_prompts`).
+    """
     parts: dict[str, list[np.ndarray]] = {"noisy": [], "target": [], "timesteps": [], "weights": [], "input_ids": []}
     device = posteriors.mean.device
     for draws in micro_draws:
@@ -28,7 +32,7 @@ def step_batch(
         parts["target"].append(made.target.cpu().numpy())
         parts["timesteps"].append(made.timesteps.cpu().numpy().astype(np.int32))
         parts["weights"].append(made.weights.cpu().numpy())
-        parts["input_ids"].append(
-            template_ids[draws.template_idx.to(template_ids.device)].cpu().numpy().astype(np.int32)
-        )
+        where = prompt_ids.device
+        (ids,) = select_prompts((prompt_ids,), draws.image_idx.to(where), draws.template_idx.to(where))
+        parts["input_ids"].append(ids.cpu().numpy().astype(np.int32))
     return {name: np.stack(arrays) for name, arrays in parts.items()}
