@@ -240,6 +240,11 @@ def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None
     """Merge the user's flags over the model's recommended settings over diffusers' defaults."""
     names = {f.name for f in config_fields()}
     recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    if given.get("backend", recommended.get("backend")) == "jax":
+        from textinv.backends.jax import TORCH_ONLY_SETTINGS
+
+        # A model's kernel and compile advice is for the torch backend; the JAX backend refuses only what the user set.
+        recommended = {k: v for k, v in recommended.items() if k not in TORCH_ONLY_SETTINGS}
     for key in sorted(set(model_recommended or {}) - names):
         log.warning("the model's textinv.json: ignoring unknown train setting %r", key)
     unknown = set(given) - names

@@ -60,3 +60,17 @@ def test_flags_the_jax_backend_cannot_honour_are_refused_in_one_line(flags, name
 
 def test_default_flags_pass():
     jax_backend.check_flags(_config(mixed_precision="bf16", gradient_checkpointing=True))
+
+
+def test_a_models_torch_kernel_advice_does_not_block_the_jax_backend():
+    """The toy model recommends --cpu_conv onednn (torch advice): with --backend jax it is not applied."""
+    from textinv.config import build_config
+
+    given = {"backend": "jax", "train_data_dir": "d", "placeholder_token": "<t>", "initializer_token": "toy"}
+    cfg = build_config(given, {"cpu_conv": "onednn", "cpu_matmul": "blas", "snr_gamma": 5.0})
+    jax_backend.check_flags(cfg)
+    assert (cfg.cpu_conv, cfg.snr_gamma) == ("auto", 5.0)
+    torch_cfg = build_config({**given, "backend": "torch"}, {"cpu_conv": "onednn"})
+    assert torch_cfg.cpu_conv == "onednn"
+    with pytest.raises(TextinvError, match="--cpu_conv is a torch-backend flag"):
+        jax_backend.check_flags(build_config({**given, "cpu_conv": "onednn"}))

@@ -36,6 +36,12 @@ TORCH_ONLY_FLAGS = (
 )  # fmt: skip
 
 
+# The settings above, by field name: a model's recommended values for them (textinv.json) are torch advice.
+TORCH_ONLY_SETTINGS = (
+    "enable_xformers_memory_efficient_attention", "torch_compile", "fp8_base", "cpu_conv", "cpu_matmul",
+)  # fmt: skip
+
+
 def check_flags(cfg) -> None:
     """Refuse, in one line, a flag the JAX backend cannot honour (`cfg` is a `TrainConfig`)."""
     for flag, is_set, why in TORCH_ONLY_FLAGS:
