@@ -98,8 +98,8 @@ class JaxBackend:
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(None, BATCH_AXIS))
         dtype = jax.tree.leaves(nnx.state(unet))[0].dtype
-        self.tx = make_optimizer(optimizer)
         self.learning_rates = diffusers_learning_rates(optimizer)
+        self.tx = make_optimizer(optimizer, self.learning_rates)
         self.step_function = StepFunction(text_encoder, unet, first_new_id, self.tx, dtype)
         frozen = Frozen(nnx.state(text_encoder), nnx.state(unet))
         self.frozen = jax.device_put(frozen, self.replicated)

@@ -51,7 +51,11 @@ class Frozen(NamedTuple):
 
 
 def learning_rates(cfg: OptimizerConfig) -> np.ndarray:
-    """The LR of every step 0..total_steps, taken from diffusers' `get_scheduler` itself (all its schedules)."""
+    """The LR of every step 0..total_steps, from diffusers' `get_scheduler` itself (all its schedules).
+
+    Each schedule is a `LambdaLR`; its LR at step k is the base LR times its lambda at k, read here without
+    stepping an optimizer (a stand-in's steps would reach every optimizer hook of the process).
+    """
     import torch
     from diffusers.optimization import get_scheduler
 
@@ -63,17 +67,13 @@ def learning_rates(cfg: OptimizerConfig) -> np.ndarray:
         num_training_steps=cfg.total_steps,
         num_cycles=cfg.lr_num_cycles,
     )
-    rates = []
-    for _ in range(cfg.total_steps + 1):
-        rates.append(schedule.get_last_lr()[0])
-        stand_in.step()
-        schedule.step()
-    return np.asarray(rates, dtype=np.float32)
+    (factor,) = schedule.lr_lambdas
+    return np.asarray([cfg.learning_rate * factor(step) for step in range(cfg.total_steps + 1)], dtype=np.float32)
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig, rates: np.ndarray | None = None) -> optax.GradientTransformation:
     """optax AdamW with decoupled weight decay (as torch.optim.AdamW) on the rows, LR per step from diffusers."""
-    table = jnp.asarray(learning_rates(cfg))
+    table = jnp.asarray(learning_rates(cfg) if rates is None else rates)
     # Past the schedule's end (a resumed run's extra step) the last LR holds, as diffusers' lambda gives it.
     schedule = lambda count: table[jnp.minimum(count, table.shape[0] - 1)]  # noqa: E731
     return optax.adamw(schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon, weight_decay=cfg.weight_decay)
