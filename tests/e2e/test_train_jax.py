@@ -8,7 +8,6 @@ from helpers import learned, run_cli, train_args
 
 pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
 
-pytestmark = pytest.mark.slow
 
 TOKEN = "<cat-toy>"
 OUTPUTS = {
