@@ -74,3 +74,14 @@ def test_jax_resume_is_bitwise_equal_and_the_other_backend_is_refused(sd1_model,
     assert run_cli(torch_resume) != 0
     err = capsys.readouterr().err.strip()
     assert "written by the jax backend; resume it with --backend jax" in err and "\n" not in err
+
+
+def test_a_bad_initializer_gets_the_same_one_line_error_on_both_backends(sd1_model, concept_dir, tmp_path, capsys):
+    errors = []
+    for backend in ("torch", "jax"):
+        args = train_args(sd1_model, concept_dir, tmp_path / backend, "--backend", backend, steps=1)
+        args[args.index("--initializer_token") + 1] = "teddy bear"
+        assert run_cli(args) == 2
+        errors.append(capsys.readouterr().err.strip())
+    assert errors[0] == errors[1]
+    assert "--initializer_token 'teddy bear' is 2 tokens" in errors[1] and "\n" not in errors[1]

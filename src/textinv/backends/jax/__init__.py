@@ -22,7 +22,8 @@ def require_jax() -> None:
     """Raise a one-line TextinvError naming the install command when jax, flax or optax is missing."""
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
-        raise TextinvError(f"--backend jax needs {' and '.join(missing)} (not installed); {INSTALL_HINT}")
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise TextinvError(f"--backend jax needs {names} (not installed); {INSTALL_HINT}")
 
 
 # Flags of the torch backend with no JAX meaning: refused, not silently ignored. (flag, is it set?, why)

@@ -60,12 +60,11 @@ def load_models(
 def enable_compilation_cache(environ=os.environ) -> None:
     """Keep XLA's compiled step on disk, so a resumed or repeated run skips the compile (minutes for SD on CPU).
 
-    `JAX_COMPILATION_CACHE_DIR` wins when set; else `~/.cache/textinv/jax`. A cached executable computes the same
+    In `JAX_COMPILATION_CACHE_DIR` when set, else `~/.cache/textinv/jax`. A cached executable computes the same
     bits as a fresh compile of the same program.
     """
-    if not environ.get("JAX_COMPILATION_CACHE_DIR"):
-        cache = Path(environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textinv" / "jax"
-        jax.config.update("jax_compilation_cache_dir", str(cache))
+    default = Path(environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textinv" / "jax"
+    jax.config.update("jax_compilation_cache_dir", environ.get("JAX_COMPILATION_CACHE_DIR") or str(default))
 
 
 def optimizer_config(cfg, learning_rate: float, total_steps: int) -> OptimizerConfig:
