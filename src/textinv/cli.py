@@ -65,6 +65,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # jax reports each accelerator plugin it did not find (no TPU on a CPU machine, ...); the run says its devices.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
     try:
         import diffusers.utils.logging as dlog

@@ -125,6 +125,12 @@ class TrainConfig:
     mixed_precision: str = _flag(
         "no", "Frozen weights in this precision; the new rows stay fp32.", choices=("no", "fp16", "bf16")
     )
+    backend: str = _flag(
+        "torch",
+        "What runs the training step: 'torch' (PyTorch + Accelerate) or 'jax' (Flax + XLA: TPUs, every local "
+        'device, several hosts; pip install -e ".[jax]"). Same flags, same samples, same outputs.',
+        choices=("torch", "jax"),
+    )
     allow_tf32: bool = _flag(False, "Allow TF32 matmuls on Ampere+ GPUs.")
     report_to: str = _flag("tensorboard", "Tracker for loss, LR and validation images.", choices=REPORT_TO_CHOICES)
     # Validation
@@ -250,7 +256,13 @@ def precision_warning(mixed_precision: str, device_type: str) -> str | None:
 def settings_from_model(given: dict[str, Any], model_recommended: dict[str, Any] | None) -> dict[str, Any]:
     """The model's recommended settings that fill flags the user did not give (unknown keys dropped)."""
     names = {f.name for f in config_fields()}
-    return {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    if given.get("backend", recommended.get("backend")) == "jax":
+        from textinv.backends.jax import TORCH_ONLY_SETTINGS
+
+        # A model's kernel and compile advice is for the torch backend; the JAX backend refuses only what the user set.
+        recommended = {k: v for k, v in recommended.items() if k not in TORCH_ONLY_SETTINGS}
+    return recommended
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -42,7 +42,7 @@ from textinv.families.base import FamilyAdapter
 from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
 from textinv.layout import FINAL_EMBEDDING, step_embedding_path, validation_dir
-from textinv.models import ModelSource, load_pipeline, resolve_model_source, shareable_model_name
+from textinv.models import ModelSource, load_pipeline, resolve_model_source, shareable_model_name, snapshot_dir
 from textinv.outputs import prepare_output_dir, save_concept, save_step_embeddings
 from textinv.progress import (
     CheckpointSaved,
@@ -83,7 +83,7 @@ class Run:
     accelerator: object
     pipe: object
     family: FamilyAdapter
-    backend: TorchBackend
+    backend: TorchBackend  # or backends.jax.trainer.JaxTrainBackend: the same interface
     stream: SampleStream
     state: ckpt.TrainingState
     total_steps: int
@@ -98,21 +98,23 @@ class Run:
 
     @property
     def is_main(self) -> bool:
-        return self.accelerator.is_main_process
+        return self.backend.is_main_process
 
     @property
     def samples_per_step(self) -> int:
-        return self.cfg.train_batch_size * self.accelerator.num_processes * self.cfg.gradient_accumulation_steps
+        return self.cfg.train_batch_size * self.backend.num_replicas * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self) -> list:
-        """This process's draws for the next step: `accum` micro-batches, each its slice of the global batch."""
-        per_process, samples_seen = self.cfg.train_batch_size, self.state.samples_seen
-        global_batch = per_process * self.accelerator.num_processes
+        """This process's draws for the next step: `accum` micro-batches, each its slice of the global batch.
+
+        The global batch is `--train_batch_size` per replica: per process (torch) or per device (jax).
+        """
+        global_batch = self.cfg.train_batch_size * self.backend.num_replicas
+        part = self.backend.local_slice(global_batch)
         firsts = (
-            samples_seen + micro * global_batch + self.accelerator.process_index * per_process
-            for micro in range(self.cfg.gradient_accumulation_steps)
+            self.state.samples_seen + micro * global_batch for micro in range(self.cfg.gradient_accumulation_steps)
         )
-        return [self.stream.draw(range(first, first + per_process)) for first in firsts]
+        return [self.stream.draw(range(first + part.start, first + part.stop)) for first in firsts]
 
 
 def train(cfg: TrainConfig, *, subscribers: Sequence[Subscriber] = (), stop: StopRequest | None = None) -> TrainResult:
@@ -125,6 +127,8 @@ def train(cfg: TrainConfig, *, subscribers: Sequence[Subscriber] = (), stop: Sto
 def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     """Load the frozen model, add the token, cache the data, build the optimiser, resume if asked."""
     cfg.validate()
+    # The JAX backend's one-line refusals come before anything loads; a multi-host run joins here.
+    main_host = _prepare_jax(cfg) if cfg.backend == "jax" else True
     output_dir = Path(cfg.output_dir)
     source = resolve_model_source(cfg.pretrained_model_name_or_path)
     # Validation samples as the model recommends (textinv.json), else as diffusers' script: DPM-Solver, 25
@@ -133,9 +137,9 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     resume_from = _find_resume(cfg, output_dir)
     accelerator = _make_accelerator(cfg, output_dir)
     warning = precision_warning(cfg.mixed_precision, accelerator.device.type)
-    if warning and accelerator.is_main_process:
+    if warning and accelerator.is_main_process and main_host:
         log.warning("textinv: warning: %s", warning)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and main_host:
         prepare_output_dir(
             output_dir, resuming=cfg.resume_from_checkpoint is not None, overwrite=cfg.overwrite_output_dir
         )
@@ -150,20 +154,22 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     # 3. Data: images → VAE posteriors, encoded once; prompts tokenized once.
     posteriors, prompt_ids, num_images = _prepare_data(cfg, pipe, family, unet, accelerator.device, weight_dtype)
     # 4. Schedule, optimiser and LR schedule over the new rows only (the backend owns them).
+    replicas = _jax_data_parallel_size() if cfg.backend == "jax" else accelerator.num_processes
     steps_per_epoch = max(
-        1,
-        math.ceil(
-            num_images
-            * cfg.repeats
-            / (cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps)
-        ),
+        1, math.ceil(num_images * cfg.repeats / (cfg.train_batch_size * replicas * cfg.gradient_accumulation_steps))
     )
     total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
     validation_steps = cfg.validation_epochs * steps_per_epoch if cfg.validation_epochs else cfg.validation_steps
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    backend = TorchBackend(cfg, accelerator, family, unet, noise_scheduler, weight_dtype, total_steps)
+    if cfg.backend == "jax":
+        from textinv.backends.jax.trainer import JaxTrainBackend
+
+        model_dir = snapshot_dir(source, cfg.revision)
+        backend = JaxTrainBackend(cfg, family, model_dir, pipe, noise_scheduler, total_steps)
+    else:
+        backend = TorchBackend(cfg, accelerator, family, unet, noise_scheduler, weight_dtype, total_steps)
     backend.set_data(posteriors, prompt_ids)
     # 5. Resume: rows, optimiser, schedule, kernel plan and the sampling counter.
     state = ckpt.TrainingState(
@@ -196,7 +202,7 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     state.kernel_plan = backend.kernels.to_state()
     run = Run(
         cfg, source, accelerator, pipe, family, backend, stream, state, total_steps, validation_steps, recipe,
-        EventBus([TrackerLog(accelerator, cfg.validation_prompt), *subscribers], enabled=accelerator.is_main_process),
+        EventBus([TrackerLog(accelerator, cfg.validation_prompt), *subscribers], enabled=backend.is_main_process),
     )  # fmt: skip
     _announce(run, num_images)
     return run
@@ -378,11 +384,35 @@ def _announce(run: Run, num_images: int) -> None:
         return
     run.accelerator.init_trackers("textual_inversion", config=_tracker_config(cfg))
     log.info(
-        "training %s (%d vector(s), dim %s) on %d image(s): %d steps, batch %d x %d process(es) x %d accum, lr %g",
-        cfg.placeholder_token, cfg.num_vectors, "+".join(map(str, run.family.dims)), num_images, run.total_steps,
-        cfg.train_batch_size, run.accelerator.num_processes, cfg.gradient_accumulation_steps, run.backend.learning_rate,
+        "training %s (%d vector(s), dim %s) on %d image(s) with the %s backend: %d steps, batch %d x %d %s x %d accum, "
+        "lr %g",
+        cfg.placeholder_token, cfg.num_vectors, "+".join(map(str, run.family.dims)), num_images, cfg.backend,
+        run.total_steps, cfg.train_batch_size, run.backend.num_replicas,
+        "device(s)" if cfg.backend == "jax" else "process(es)", cfg.gradient_accumulation_steps,
+        run.backend.learning_rate,
     )  # fmt: skip
     run.events.emit(RunStarted(run.output_dir, run.state.global_step, run.total_steps, cfg.placeholder_token))
+
+
+def _prepare_jax(cfg: TrainConfig) -> bool:
+    """Refuse what the JAX backend cannot do (missing install, torch-only flags) in one line; join a multi-host
+    run when launched as one. True on the host that writes the outputs."""
+    from textinv.backends import jax as jax_backend
+
+    jax_backend.require_jax()
+    jax_backend.check_flags(cfg)
+    from textinv.backends.jax.distributed import join_distributed
+
+    join_distributed()
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _jax_data_parallel_size() -> int:
+    from textinv.backends.jax.trainer import data_parallel_size
+
+    return data_parallel_size()
 
 
 def _make_accelerator(cfg: TrainConfig, output_dir: Path):

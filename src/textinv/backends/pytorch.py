@@ -15,6 +15,9 @@ from textinv import cpu_kernels
 from textinv.data import LatentPosteriors, SampleDraws
 from textinv.errors import TextinvError
 from textinv.families.base import FamilyAdapter
+from textinv.targets import denoising_targets, min_snr_weights
+
+__all__ = ["TorchBackend", "diffusion_loss", "min_snr_weights", "select_prompts"]
 
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
@@ -93,6 +96,20 @@ class TorchBackend:
         self.optimizer.zero_grad(set_to_none=True)
 
     @property
+    def num_replicas(self) -> int:
+        """How many per-process batches make the global batch."""
+        return self.accelerator.num_processes
+
+    def local_slice(self, global_batch: int) -> slice:
+        """This process's samples of a global micro-batch."""
+        per_process = global_batch // self.accelerator.num_processes
+        return slice(self.accelerator.process_index * per_process, (self.accelerator.process_index + 1) * per_process)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
     def lr(self) -> float:
         return float(self.lr_scheduler.get_last_lr()[0])
 
@@ -136,33 +153,11 @@ def diffusion_loss(
 ):  # fmt: skip
     """MSE between the UNet's prediction and its target (ε, or v for v-prediction), Min-SNR weighted on request."""
     latents = posteriors.sample(draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device))
-    noise = draws.noise.to(device)
     timesteps = draws.timesteps.to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    made = denoising_targets(latents, draws.noise.to(device), timesteps, noise_scheduler, snr_gamma)
     cond = family.condition(prompt_ids, draws.image_idx.to(device), weight_dtype)
-    pred = unet(noisy.to(weight_dtype), timesteps, cond.hidden_states, **cond.unet_kwargs).sample
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
+    pred = unet(made.noisy.to(weight_dtype), timesteps, cond.hidden_states, **cond.unet_kwargs).sample
     if not snr_gamma:  # None or 0: off
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma, prediction_type)).mean()
-
-
-def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-γ loss weights: min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction.
-
-    Written as a clamp so that a zero-terminal-SNR schedule (SNR = 0 at the last timestep) gives the
-    limits 1 (ε) and 0 (v) instead of 0/0.
-    """
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    if prediction_type == "v_prediction":
-        return torch.clamp(snr, max=gamma) / (snr + 1)
-    return torch.clamp(gamma / snr, max=1.0)
+        return F.mse_loss(pred.float(), made.target, reduction="mean")
+    per_sample = F.mse_loss(pred.float(), made.target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * made.weights).mean()
