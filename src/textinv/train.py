@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from textinv import backends
 from textinv import checkpoint as ckpt
 from textinv.backends.pytorch import TorchBackend
 from textinv.config import TrainConfig, precision_warning
@@ -42,7 +43,7 @@ from textinv.families.base import FamilyAdapter
 from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
 from textinv.layout import FINAL_EMBEDDING, step_embedding_path, validation_dir
-from textinv.models import ModelSource, load_pipeline, resolve_model_source, shareable_model_name, snapshot_dir
+from textinv.models import ModelSource, load_pipeline, resolve_model_source, shareable_model_name
 from textinv.outputs import prepare_output_dir, save_concept, save_step_embeddings
 from textinv.progress import (
     CheckpointSaved,
@@ -127,8 +128,7 @@ def train(cfg: TrainConfig, *, subscribers: Sequence[Subscriber] = (), stop: Sto
 def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     """Load the frozen model, add the token, cache the data, build the optimiser, resume if asked."""
     cfg.validate()
-    # The JAX backend's one-line refusals come before anything loads; a multi-host run joins here.
-    main_host = _prepare_jax(cfg) if cfg.backend == "jax" else True
+    main_host = backends.prepare(cfg)  # a backend's one-line refusals come before anything loads
     output_dir = Path(cfg.output_dir)
     source = resolve_model_source(cfg.pretrained_model_name_or_path)
     # Validation samples as the model recommends (textinv.json), else as diffusers' script: DPM-Solver, 25
@@ -136,15 +136,7 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     recipe = model_recipe(source, VALIDATION_RECIPE) if cfg.validation_prompt else None
     resume_from = _find_resume(cfg, output_dir)
     accelerator = _make_accelerator(cfg, output_dir)
-    warning = precision_warning(cfg.mixed_precision, accelerator.device.type)
-    if warning and accelerator.is_main_process and main_host:
-        log.warning("textinv: warning: %s", warning)
-    if accelerator.is_main_process and main_host:
-        prepare_output_dir(
-            output_dir, resuming=cfg.resume_from_checkpoint is not None, overwrite=cfg.overwrite_output_dir
-        )
-        ckpt.remove_interrupted_writes(output_dir)
-    accelerator.wait_for_everyone()
+    _prepare_output(cfg, accelerator, writes=accelerator.is_main_process and main_host)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
     # 1. The frozen model, in the training precision, and the family adapter that speaks for it.
@@ -154,7 +146,7 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     # 3. Data: images → VAE posteriors, encoded once; prompts tokenized once.
     posteriors, prompt_ids, num_images = _prepare_data(cfg, pipe, family, unet, accelerator.device, weight_dtype)
     # 4. Schedule, optimiser and LR schedule over the new rows only (the backend owns them).
-    replicas = _jax_data_parallel_size() if cfg.backend == "jax" else accelerator.num_processes
+    replicas = backends.num_replicas(cfg, accelerator)
     steps_per_epoch = max(
         1, math.ceil(num_images * cfg.repeats / (cfg.train_batch_size * replicas * cfg.gradient_accumulation_steps))
     )
@@ -163,13 +155,7 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    if cfg.backend == "jax":
-        from textinv.backends.jax.trainer import JaxTrainBackend
-
-        model_dir = snapshot_dir(source, cfg.revision)
-        backend = JaxTrainBackend(cfg, family, model_dir, pipe, noise_scheduler, total_steps)
-    else:
-        backend = TorchBackend(cfg, accelerator, family, unet, noise_scheduler, weight_dtype, total_steps)
+    backend = backends.build(cfg, accelerator, family, source, pipe, noise_scheduler, weight_dtype, total_steps)
     backend.set_data(posteriors, prompt_ids)
     # 5. Resume: rows, optimiser, schedule, kernel plan and the sampling counter.
     state = ckpt.TrainingState(
@@ -388,31 +374,22 @@ def _announce(run: Run, num_images: int) -> None:
         "lr %g",
         cfg.placeholder_token, cfg.num_vectors, "+".join(map(str, run.family.dims)), num_images, cfg.backend,
         run.total_steps, cfg.train_batch_size, run.backend.num_replicas,
-        "device(s)" if cfg.backend == "jax" else "process(es)", cfg.gradient_accumulation_steps,
+        run.backend.replica_unit, cfg.gradient_accumulation_steps,
         run.backend.learning_rate,
     )  # fmt: skip
     run.events.emit(RunStarted(run.output_dir, run.state.global_step, run.total_steps, cfg.placeholder_token))
 
 
-def _prepare_jax(cfg: TrainConfig) -> bool:
-    """Refuse what the JAX backend cannot do (missing install, torch-only flags) in one line; join a multi-host
-    run when launched as one. True on the host that writes the outputs."""
-    from textinv.backends import jax as jax_backend
-
-    jax_backend.require_jax()
-    jax_backend.check_flags(cfg)
-    from textinv.backends.jax.distributed import join_distributed
-
-    join_distributed()
-    import jax
-
-    return jax.process_index() == 0
-
-
-def _jax_data_parallel_size() -> int:
-    from textinv.backends.jax.trainer import data_parallel_size
-
-    return data_parallel_size()
+def _prepare_output(cfg: TrainConfig, accelerator, writes: bool) -> None:
+    """The fp16-on-CPU warning, then the guard against clobbering an earlier run, on the writing process."""
+    if writes:
+        warning = precision_warning(cfg.mixed_precision, accelerator.device.type)
+        if warning:
+            log.warning("textinv: warning: %s", warning)
+        resuming = cfg.resume_from_checkpoint is not None
+        prepare_output_dir(Path(cfg.output_dir), resuming=resuming, overwrite=cfg.overwrite_output_dir)
+        ckpt.remove_interrupted_writes(Path(cfg.output_dir))
+    accelerator.wait_for_everyone()
 
 
 def _make_accelerator(cfg: TrainConfig, output_dir: Path):

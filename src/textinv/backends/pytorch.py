@@ -27,6 +27,7 @@ class TorchBackend:
     """Owns the optimizer and LR schedule of the family's new rows, and runs the training step's maths."""
 
     name = "torch"
+    replica_unit = "process(es)"  # what one copy of the batch runs on, for the start-up line
 
     def __init__(self, cfg, accelerator, family: FamilyAdapter, unet, noise_scheduler, weight_dtype, total_steps: int):
         from diffusers.optimization import get_scheduler

@@ -29,6 +29,7 @@ def data_parallel_size() -> int:
 
 class JaxTrainBackend:
     name = "jax"
+    replica_unit = "device(s)"  # what one copy of the batch runs on, for the start-up line
 
     def __init__(
         self, cfg, family: FamilyAdapter, model_dir: Path | None, pipe, noise_scheduler, total_steps: int
