@@ -8,6 +8,7 @@ the numbered range it reports (`textinv toy score DIR --numbers A-B` scores them
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -65,36 +66,17 @@ def generate(request: GenerationRequest, *, progress: bool | Callable[[int], Non
     first = number = next_image_number(out_dir)
     paths: list[Path] = []
     images: list[Any] = []
+    # Every file of the call records the same settings; only prompt, seed and name differ.
+    save = functools.partial(
+        save_image_batch, out_dir, recipe=recipe, sampler=sampler, model=source, concepts=tokens,
+        negative_prompt=request.negative, first_seed=request.seed,
+    )  # fmt: skip
     for prompt in request.prompts:
         batch = _sample(pipe, prompt, request, recipe, progress)
-        paths += save_image_batch(
-            out_dir,
-            batch,
-            prompt=prompt,
-            first_seed=request.seed,
-            recipe=recipe,
-            sampler=sampler,
-            model=source,
-            concepts=tokens,
-            negative_prompt=request.negative,
-            first_number=number,
-            name_format=IMAGE_NAME,
-        )
+        paths += save(batch, prompt=prompt, first_number=number, name_format=IMAGE_NAME)
         images += batch
         number += len(batch)
-    (grid,) = save_image_batch(
-        out_dir,
-        [make_grid(images)],
-        prompt=" | ".join(request.prompts),
-        first_seed=request.seed,
-        recipe=recipe,
-        sampler=sampler,
-        model=source,
-        concepts=tokens,
-        negative_prompt=request.negative,
-        first_number=first,
-        name_format=GRID_NAME,
-    )
+    (grid,) = save([make_grid(images)], prompt=" | ".join(request.prompts), first_number=first, name_format=GRID_NAME)
     return GenerationResult(out_dir, tuple(paths), grid, first, number - 1)
 
 
