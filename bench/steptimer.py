@@ -44,6 +44,30 @@ def install_step_hook(log_path: str) -> None:
     register_optimizer_step_post_hook(after_step)
 
 
+def install_jax_step_hook(log_path: str) -> None:
+    """The same line after every step of `textinv train --backend jax`, which has no torch optimizer.
+
+    `JaxTrainBackend.update` runs once per step, after the step's loss came back from the device (the step
+    has finished), so its time stamps are comparable with the optimizer hook's.
+    """
+    from textinv.backends.jax.trainer import JaxTrainBackend
+
+    log = open(log_path, "a", buffering=1, encoding="ascii")  # noqa: SIM115 - lives as long as the process
+    update = JaxTrainBackend.update
+
+    def update_and_log(self) -> None:
+        update(self)
+        log.write(f"{time.perf_counter():.6f} {_current_rss_bytes()} 0\n")
+
+    JaxTrainBackend.update = update_and_log
+
+
+def _runs_jax_backend(argv: list[str]) -> bool:
+    return any(
+        a == "--backend=jax" or (a == "--backend" and b == "jax") for a, b in zip(argv, [*argv[1:], ""], strict=True)
+    )
+
+
 class ScriptOnlyFinder(importlib.abc.MetaPathFinder):
     """Finds `torchvision` (from the shim folder) only when the importing code is `script` itself."""
 
@@ -78,6 +102,8 @@ def main(argv: list[str]) -> None:
     if not log_path:
         raise SystemExit("steptimer: set TEXTINV_BENCH_STEP_LOG to the step-log file")
     install_step_hook(log_path)
+    if _runs_jax_backend(argv):
+        install_jax_step_hook(log_path)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

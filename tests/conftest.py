@@ -90,6 +90,53 @@ def build_tiny_pipeline(out_dir: Path, *, v_prediction: bool, seed: int = 0) -> 
     return out_dir
 
 
+def build_tiny_sdxl_pipeline(out_dir: Path, seed: int = 0) -> Path:
+    """Save a tiny SDXL-architecture pipeline with random weights: CLIP text encoders 32 and 64 wide (the second
+    with a projection), a UNet with SDXL's added text-and-time conditioning, the real CLIP tokenizer twice."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+                              vocab_size=49408, max_position_embeddings=77, projection_dim=hidden,
+                              hidden_act="gelu")  # fmt: skip
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 64, cross_attention_dim=32 + 64, norm_num_groups=32,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(32)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(64)),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR),
+        tokenizer_2=CLIPTokenizer.from_pretrained(TOKENIZER_DIR),
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def sdxl_model(tmp_path_factory) -> Path:
+    """A tiny SDXL-architecture pipeline folder (text encoders 32 and 64 wide, 32 px images, 16 px latents)."""
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")
+
+
 @pytest.fixture(scope="session")
 def sd1_model(tmp_path_factory) -> Path:
     """A tiny SD-1-like pipeline folder (epsilon prediction, 32 px images, 16 px latents)."""
@@ -118,3 +165,11 @@ def write_concept_images(folder: Path, n: int = 4, size: int = 40, seed: int = 0
 @pytest.fixture()
 def concept_dir(tmp_path) -> Path:
     return write_concept_images(tmp_path / "concept")
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ runs the real recipe end to end: marked `slow` (CI runs them; `-m "not slow"`
+    gives the quick unit suite)."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

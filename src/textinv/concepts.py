@@ -7,14 +7,17 @@ a concepts-library folder, or a hub repo id already in the local Hugging Face ca
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from textinv.embeddings import Embedding, describe_family, read_embedding
+from textinv.embeddings import EMBEDDING_IMAGE_SUFFIXES, Embedding, read_embedding
 from textinv.errors import TextinvError
+from textinv.families import describe_family, pipeline_dims, text_encoder_pairs
+from textinv.models import looks_like_hub_id
 
 
 def resolve_concept(source: str | os.PathLike, token: str | None = None) -> Embedding:
@@ -27,8 +30,7 @@ def _local_concept_path(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_repo:
+    if not looks_like_hub_id(source):
         raise TextinvError(f"concept {source!r} not found: no such file or folder")
     from huggingface_hub import snapshot_download
 
@@ -42,19 +44,17 @@ def _local_concept_path(source: str) -> Path:
         ) from exc
 
 
-def text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
-    """(tokenizer, text_encoder) pairs of a pipeline: one for SD1/SD2, two for SDXL."""
-    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    if any(tok is None or enc is None for tok, enc in pairs):
-        raise TextinvError("this pipeline has no tokenizer/text encoder; use a Stable Diffusion pipeline")
-    return pairs
+def token_for_prompts(emb: Embedding, prompts: Sequence[str]) -> str:
+    """The word prompts use for `emb`: its token, or, as AUTOMATIC1111 does, its file's name.
 
-
-def pipeline_dims(pipe: Any) -> tuple[int, ...]:
-    """Text-embedding width of each text encoder of `pipe` (768 for SD1, (768, 1280) for SDXL...)."""
-    return tuple(int(enc.get_input_embeddings().weight.shape[1]) for _, enc in text_encoders(pipe))
+    A1111 and ComfyUI name an embedding file's concept after the file (`my-star.pt` -> `my-star`), whatever
+    token is stored inside; so when the prompts say the file's name and not the token, the file's name is
+    the trigger word. (For an embedding image A1111 uses the name stored inside, which is `emb.token`.)
+    """
+    path = Path(emb.source)
+    if emb.token in " ".join(prompts) or not path.is_file() or path.suffix.lower() in EMBEDDING_IMAGE_SUFFIXES:
+        return emb.token
+    return path.stem if path.stem in " ".join(prompts) else emb.token
 
 
 def check_concept_fits(emb: Embedding, dims: tuple[int, ...], what: str = "the model") -> None:
@@ -77,7 +77,7 @@ def load_concept(pipe: Any, source: str | os.PathLike | Embedding, token: str | 
     emb = source if isinstance(source, Embedding) else resolve_concept(source, token)
     if token and emb.token != token:
         emb = replace(emb, token=token)
-    pairs = text_encoders(pipe)
+    pairs = text_encoder_pairs(pipe)
     check_concept_fits(emb, pipeline_dims(pipe))
     for vec in emb.vectors:
         if not torch.isfinite(vec).all():

@@ -25,6 +25,8 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
 )
 
+REPORT_TO_CHOICES = ("tensorboard", "wandb", "comet_ml", "all", "none")
+
 
 def _flag(default: Any, help: str, *, aliases: tuple[str, ...] = (), **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, "aliases": aliases, **extra})
@@ -37,7 +39,7 @@ class TrainConfig:
     # Model
     pretrained_model_name_or_path: str | None = _flag(
         None,
-        "Model: a diffusers folder, a hub id in the local cache, or a .safetensors file. "
+        "Model (SD 1.x, 2.x or SDXL): a diffusers folder, a hub id in the local cache, or a .safetensors file. "
         "Omitted: the embedded toy model.",
         aliases=("--model",),
     )
@@ -56,7 +58,9 @@ class TrainConfig:
     )
     initializer_token: str | None = _flag(
         None,
-        "One existing word whose embedding starts the new token (must be a single token).",
+        "An existing word whose embedding starts the new token (one token), or several words: with --num_vectors "
+        "N and W words, vector i starts as word i*W//N (AUTOMATIC1111's rule: 'orange star' with 4 vectors gives "
+        "orange, orange, star, star).",
         aliases=("--init",),
         required=True,
     )
@@ -73,7 +77,9 @@ class TrainConfig:
     seed: int | None = _flag(None, "Seed for reproducible training.")
     # Data
     resolution: int = _flag(512, "Images are resized to this square size.")
-    center_crop: bool = _flag(False, "Centre-crop images to a square before resizing.")
+    center_crop: bool = _flag(
+        False, "Centre-crop images to a square before resizing (SDXL also conditions on the crop's corner)."
+    )
     flip_p: float = _flag(
         0.5,
         "Probability of mirroring a training image left-right (diffusers' dataset flips with 0.5). Use 0 when a "
@@ -103,6 +109,9 @@ class TrainConfig:
         "shape. 5 is the paper's value. Default: off (plain MSE, as diffusers' textual inversion); 0 turns off "
         "a model's recommended value.",
     )
+    use_8bit_adam: bool = _flag(
+        False, "bitsandbytes' 8-bit AdamW (as diffusers' SDXL script); needs `pip install bitsandbytes`."
+    )
     adam_beta1: float = _flag(0.9, "AdamW beta1.")
     adam_beta2: float = _flag(0.999, "AdamW beta2.")
     adam_weight_decay: float = _flag(1e-2, "AdamW weight decay (applied to the new rows only).")
@@ -116,8 +125,14 @@ class TrainConfig:
     mixed_precision: str = _flag(
         "no", "Frozen weights in this precision; the new rows stay fp32.", choices=("no", "fp16", "bf16")
     )
+    backend: str = _flag(
+        "torch",
+        "What runs the training step: 'torch' (PyTorch + Accelerate) or 'jax' (Flax + XLA: TPUs, every local "
+        'device, several hosts; pip install -e ".[jax]"). Same flags, same samples, same outputs.',
+        choices=("torch", "jax"),
+    )
     allow_tf32: bool = _flag(False, "Allow TF32 matmuls on Ampere+ GPUs.")
-    report_to: str = _flag("tensorboard", "Tracker: tensorboard, wandb, comet_ml, all or none.")
+    report_to: str = _flag("tensorboard", "Tracker for loss, LR and validation images.", choices=REPORT_TO_CHOICES)
     # Validation
     validation_prompt: str | None = _flag(None, "Prompt to sample during training, e.g. 'a <cat-toy> backpack'.")
     num_validation_images: int = _flag(4, "Images per validation.")
@@ -135,32 +150,25 @@ class TrainConfig:
     )
     torch_compile: str = _flag(
         "no",
-        "torch.compile the frozen UNet: 'default', 'reduce-overhead' (CUDA graphs: fewer kernel launches) "
-        "or 'max-autotune'. For GPUs; on CPU it did not pay (bench/RESULTS.md).",
+        "torch.compile the frozen UNet ('reduce-overhead' uses CUDA graphs). Pays on GPUs, not on CPUs "
+        "(bench/RESULTS.md).",
         choices=("no", "default", "reduce-overhead", "max-autotune"),
     )
     fp8_base: bool = _flag(
         False,
-        "Keep the frozen UNet's and text encoder's linear and convolution weights in fp8 (one scale per output "
-        "channel), widened one layer at a time: about half the weight memory of fp16. The concept is learned "
-        "against the rounded weights (kohya-ss/sd-scripts' flag of the same name). For GPUs (on CPU it was 3.7x "
-        "slower for SD-1.5). Not with --save_as_full_pipeline.",
+        "Store the frozen weights in fp8, widened a layer at a time: half the weight memory of fp16, learned "
+        "against the rounded weights (as kohya-ss' flag). For GPUs; not with --save_as_full_pipeline.",
     )
     cpu_conv: str = _flag(
         "auto",
-        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time the forward and "
-        "the input gradient of each convolution shape of one step on both, and on oneDNN's GEMM, before training and "
-        "run each on its faster set; for SD-1.5 at 256 px on a 2-core AMD EPYC: oneDNN on the 32x32 and 16x16 maps, "
-        "native or the GEMM on the small deep ones: UNet steps 1.1x faster than all-native, itself 1.3x faster than "
-        "oneDNN). Same maths; no effect on GPUs.",
+        "CPU convolution kernels: 'onednn', PyTorch's 'native', or 'auto' (time each shape on each before training "
+        "and run it on the fastest; numbers in bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
     cpu_matmul: str = _flag(
         "auto",
-        "CPU matrix products of the frozen linear layers for training: PyTorch's 'blas' (MKL on x86), 'onednn', "
-        "or 'auto' (time one step's linear shapes with each before training, keep the faster; oneDNN was 1.1x faster "
-        "per step for SD-1.5 at 256 px on a 2-core AMD EPYC, where MKL runs its AVX2 code). Same maths; no effect "
-        "on GPUs.",
+        "CPU kernels of the frozen linear layers: PyTorch's 'blas', 'onednn', or 'auto' (time both before training, "
+        "keep the faster; bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
         choices=("auto", "blas", "onednn"),
     )
     no_safe_serialization: bool = _flag(
@@ -184,6 +192,11 @@ class TrainConfig:
             "num_validation_images",
             "lr_num_cycles",
         )
+        for f in config_fields():
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                # argparse checks the command line; this also covers textinv.json and library callers.
+                raise TextinvError(f"--{f.name} must be one of {', '.join(allowed)} (got {getattr(self, f.name)!r})")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TextinvError(f"--{name} must be at least 1 (got {getattr(self, name)})")
@@ -226,6 +239,32 @@ class TrainConfig:
         return data
 
 
+def precision_warning(mixed_precision: str, device_type: str) -> str | None:
+    """A one-line warning for `--mixed_precision fp16` on a CPU (None when there is nothing to say).
+
+    Why warn, not refuse: it trains, and Accelerate accepts it without a word, but most CPUs have no fast fp16
+    arithmetic and fp16's loss scaling exists for GPUs; bf16 keeps fp32's range and is what CPUs accelerate.
+    """
+    if mixed_precision == "fp16" and device_type == "cpu":
+        return (
+            "--mixed_precision fp16 on the CPU: most CPUs have no fast fp16 arithmetic (often slower than fp32) "
+            "and fp16 needs loss scaling; --mixed_precision bf16 keeps fp32's range and is what CPUs accelerate"
+        )
+    return None
+
+
+def settings_from_model(given: dict[str, Any], model_recommended: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's recommended settings that fill flags the user did not give (unknown keys dropped)."""
+    names = {f.name for f in config_fields()}
+    recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    if given.get("backend", recommended.get("backend")) == "jax":
+        from textinv.backends.jax import TORCH_ONLY_SETTINGS
+
+        # A model's kernel and compile advice is for the torch backend; the JAX backend refuses only what the user set.
+        recommended = {k: v for k, v in recommended.items() if k not in TORCH_ONLY_SETTINGS}
+    return recommended
+
+
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
@@ -233,7 +272,7 @@ def config_fields() -> list[dataclasses.Field]:
 def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None = None) -> TrainConfig:
     """Merge the user's flags over the model's recommended settings over diffusers' defaults."""
     names = {f.name for f in config_fields()}
-    recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    recommended = settings_from_model(given, model_recommended)
     for key in sorted(set(model_recommended or {}) - names):
         log.warning("the model's textinv.json: ignoring unknown train setting %r", key)
     unknown = set(given) - names

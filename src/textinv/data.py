@@ -19,6 +19,7 @@ from textinv.errors import TextinvError
 
 log = logging.getLogger(__name__)
 
+# Image files by name, for listing a folder of pictures (training itself tries every file PIL can open).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 

@@ -38,25 +38,21 @@ from safetensors.torch import save_file
 
 from textinv.atomic import write_atomic
 from textinv.errors import TextinvError
+from textinv.families import SDXL_ENCODER_KEYS, family_of_dims
+from textinv.layout import CONCEPT_TYPE_FILE, FOLDER_EMBEDDING_NAMES, TOKEN_FILE, embedding_stem
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt")
-IMAGE_SUFFIXES = (".png", ".webp")
-READABLE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, *IMAGE_SUFFIXES)
+# Images that can carry an A1111 embedding (a text chunk, or the pixels' low bits).
+EMBEDDING_IMAGE_SUFFIXES = (".png", ".webp")
+READABLE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, *EMBEDDING_IMAGE_SUFFIXES)
 WRITE_FORMATS = ("diffusers", "a1111")
 
-# Files a training output folder or a concepts-library folder holds, in order of preference.
-FOLDER_EMBEDDING_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
-TOKEN_FILE = "token_identifier.txt"
-TYPE_FILE = "type_of_concept.txt"
 
 A1111_SAFETENSORS_KEY = "emb_params"
 # A1111 writes this constant (CLIP's id of "*") in every .pt; readers ignore it, but keep the layout.
 A1111_STAR_TOKEN_ID = 265
-SDXL_KEYS = ("clip_l", "clip_g")
 IMAGE_TEXT_CHUNK = "sd-ti-embedding"
-
-FAMILY_BY_DIMS: dict[tuple[int, ...], str] = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
 
 # Members a torch zip archive may hold for AUTOMATIC1111's safe-unpickle gate (modules/safe.py):
 # `<dir>/data.pkl`, `<dir>/version`, `<dir>/data/<n>`. torch >= 2.1 adds byteorder,
@@ -99,21 +95,17 @@ class Embedding:
 
     @property
     def family(self) -> str:
-        return family_of_dims(self.dims)
+        """The family the widths name; for widths no released model has (random test models), the family its
+        trainer recorded (`textinv.family`), else `custom-<dims>`."""
+        family = family_of_dims(self.dims)
+        recorded = self.metadata.get("textinv.family", "")
+        if family.startswith("custom-") and recorded and not recorded.startswith("custom-"):
+            return recorded
+        return family
 
     @property
     def is_sdxl(self) -> bool:
         return len(self.vectors) == 2
-
-
-def family_of_dims(dims: tuple[int, ...]) -> str:
-    """Model family a set of text-embedding widths belongs to: sd1, sd2, sdxl, else custom-<dims>."""
-    return FAMILY_BY_DIMS.get(tuple(dims), "custom-" + "+".join(str(d) for d in dims))
-
-
-def describe_family(dims: tuple[int, ...]) -> str:
-    """`sd1 (768)`-style wording for error messages that name a family."""
-    return f"{family_of_dims(dims)} ({'+'.join(str(d) for d in dims)})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +126,7 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         return _from_tensors(path, _load_safetensors(path), container="safetensors")
     if suffix in PICKLE_SUFFIXES:
         return _from_pickled(path, load_weights_only(path))
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in EMBEDDING_IMAGE_SUFFIXES:
         return read_image_embedding(path)
     raise TextinvError(
         f"{path.name}: unknown embedding file type {path.suffix!r}; "
@@ -143,19 +135,42 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
 
 
 def read_embedding_folder(folder: Path) -> Embedding:
-    """A training output or concepts-library folder: learned_embeds.* (+ token_identifier.txt)."""
+    """A training output or concepts-library folder: learned_embeds.* (+ token_identifier.txt).
+
+    An SDXL run's folder also holds learned_embeds_2.* (diffusers' SDXL script: one file per text encoder);
+    the two are one concept, read as a clip_l + clip_g pair.
+    """
     file = find_embedding_file(folder)
-    emb = read_embedding(file)
+    emb = _with_other_encoders(folder, file, read_embedding(file))
     token_file = folder / TOKEN_FILE
     if token_file.is_file():
         # The token the concept's author told users to type wins over the key inside the file.
         token = token_file.read_text(encoding="utf-8").strip()
         if token:
             emb = replace(emb, token=token)
-    type_file = folder / TYPE_FILE
+    type_file = folder / CONCEPT_TYPE_FILE
     if type_file.is_file():
         emb = replace(emb, metadata={**emb.metadata, "type_of_concept": type_file.read_text(encoding="utf-8").strip()})
     return replace(emb, source=str(folder))
+
+
+def _with_other_encoders(folder: Path, file: Path, emb: Embedding) -> Embedding:
+    """`emb` (the first text encoder's rows) joined by learned_embeds_2.* (and so on) beside it, if any."""
+    if file.name not in FOLDER_EMBEDDING_NAMES or len(emb.vectors) != 1:
+        return emb
+    vectors = list(emb.vectors)
+    while (companion := folder / f"{embedding_stem(len(vectors))}{file.suffix}").is_file():
+        other = read_embedding(companion)
+        if len(other.vectors) != 1 or other.num_vectors != emb.num_vectors:
+            raise TextinvError(
+                f"{companion} does not match {file.name} ({other.num_vectors} vs {emb.num_vectors} vectors); "
+                "both must come from the same training run"
+            )
+        vectors.append(other.vectors[0])
+    if len(vectors) == 1:
+        return emb
+    fmt = "sdxl" if len(vectors) == len(SDXL_ENCODER_KEYS) else emb.format
+    return _make(file, emb.token, tuple(vectors), fmt, emb.metadata)
 
 
 def find_embedding_file(folder: Path) -> Path:
@@ -172,7 +187,7 @@ def find_embedding_file(folder: Path) -> Path:
         names = ", ".join(p.name for p in candidates[:5])
         raise TextinvError(f"{folder} holds several embedding files ({names}); pass one of them instead")
     raise TextinvError(
-        f"no embedding in {folder} (expected learned_embeds.safetensors or learned_embeds.bin); "
+        f"no embedding in {folder} (expected {' or '.join(FOLDER_EMBEDDING_NAMES)}); "
         "pass a training output folder, a concepts-library folder or an embedding file"
     )
 
@@ -254,9 +269,9 @@ def _from_tensors(path: Path, loaded: tuple[dict[str, Any], dict[str, str]], *, 
     tensors, metadata = loaded
     if not tensors:
         raise TextinvError(f"{path.name} holds no tensors; it is not an embedding")
-    if all(key in tensors for key in SDXL_KEYS):
+    if all(key in tensors for key in SDXL_ENCODER_KEYS):
         token = metadata.get("token") or path.stem
-        return _make(path, token, tuple(tensors[k] for k in SDXL_KEYS), "sdxl", metadata)
+        return _make(path, token, tuple(tensors[k] for k in SDXL_ENCODER_KEYS), "sdxl", metadata)
     if len(tensors) != 1:
         names = ", ".join(list(tensors)[:5])
         raise TextinvError(
@@ -431,41 +446,101 @@ def save_a1111_embedding(
 
 
 def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
-    """Write `emb` in format `to` ("diffusers" | "a1111"); the container follows the suffix of `path`."""
+    """Write `emb` in format `to` ("diffusers" | "a1111"); the container follows the suffix of `path`.
+
+    A .png with `to="a1111"` is an AUTOMATIC1111 embedding image (`save_a1111_image`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if to not in WRITE_FORMATS:
         raise TextinvError(f"unknown format {to!r}; use one of {', '.join(WRITE_FORMATS)}")
-    if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
+    a1111_image = suffix == ".png" and to == "a1111"
+    if "textinv.base_model" in emb.metadata:
+        from textinv.models import shareable_model_name
+
+        # Files written before textinv stored names may hold a local path; a converted copy is shared.
+        emb = replace(
+            emb,
+            metadata={**emb.metadata, "textinv.base_model": shareable_model_name(emb.metadata["textinv.base_model"])},
+        )
+    if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES) and not a1111_image:
         raise TextinvError(
-            f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container)"
+            f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container), "
+            "or .png with --to a1111 (an AUTOMATIC1111 embedding image)"
         )
     if emb.is_sdxl:
-        if to != "a1111" or suffix != SAFETENSORS_SUFFIX:
+        if to != "a1111" or a1111_image:
             raise TextinvError(
-                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 to a .safetensors file "
-                "(the layout AUTOMATIC1111, ComfyUI and diffusers' SDXL loading use)"
+                f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 to a .safetensors or .pt "
+                "file (the one-file layout AUTOMATIC1111, ComfyUI, kohya and diffusers' SDXL loading use)"
             )
-        tensors = {k: v.contiguous() for k, v in zip(SDXL_KEYS, emb.vectors, strict=True)}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in zip(SDXL_ENCODER_KEYS, emb.vectors, strict=True)}
+        if suffix != SAFETENSORS_SUFFIX:
+            # A1111 reads a pickled SDXL embedding as a dict of exactly these two tensors (any other key,
+            # even a name, breaks its loader); it is named after the file, as for its .safetensors.
+            return write_atomic(path, lambda p: p.write_bytes(torch_zip_bytes(tensors)))
         header = {**emb.metadata, "token": emb.token}
         return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=header))
     vectors = emb.vectors[0]
+    if a1111_image:
+        return save_a1111_image(path, emb.token, vectors, **_a1111_fields(emb.metadata))
     if to == "diffusers":
         metadata = emb.metadata if suffix == SAFETENSORS_SUFFIX else None
         return save_diffusers_embedding(path, emb.token, vectors, metadata=metadata or None)
-    meta = emb.metadata
-    # textinv's trainer records `textinv.step` / `textinv.base_model`; A1111 shows `step` / `sd_checkpoint_name`.
+    return save_a1111_embedding(path, emb.token, vectors, **_a1111_fields(emb.metadata))
+
+
+def _a1111_fields(meta: dict[str, str]) -> dict[str, Any]:
+    """A1111's `step` / `sd_checkpoint_name` from textinv's trainer metadata (`textinv.step`, `textinv.base_model`)."""
     step = meta.get("step") or meta.get("textinv.step")
     base_model = meta.get("textinv.base_model")
-    return save_a1111_embedding(
-        path,
-        emb.token,
-        vectors,
-        step=int(step) if step is not None and step.isdigit() else None,
-        sd_checkpoint=meta.get("sd_checkpoint"),
-        sd_checkpoint_name=meta.get("sd_checkpoint_name") or (Path(base_model).name if base_model else None),
-        metadata=meta,
-    )
+    return {
+        "step": int(step) if step is not None and step.isdigit() else None,
+        "sd_checkpoint": meta.get("sd_checkpoint"),
+        "sd_checkpoint_name": meta.get("sd_checkpoint_name") or (Path(base_model).name if base_model else None),
+        "metadata": meta,
+    }
+
+
+def save_a1111_image(
+    path: str | os.PathLike,
+    token: str,
+    vectors: torch.Tensor,
+    *,
+    step: int | None = None,
+    sd_checkpoint: str | None = None,
+    sd_checkpoint_name: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write an AUTOMATIC1111 embedding image: a PNG whose `sd-ti-embedding` text chunk holds the embedding.
+
+    The chunk is what A1111's own training writes ("save images with embedding in PNG chunks"): the .pt's
+    dict as JSON, each tensor as `{"TORCHTENSOR": nested lists}`, base64-encoded. A1111 names the concept by
+    the `name` inside (`token`). The picture is a card with the token, for people browsing the folder.
+    """
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    tensor = vectors.detach().to("cpu", torch.float32)
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
+    data: dict[str, Any] = {
+        "string_to_token": {"*": A1111_STAR_TOKEN_ID},
+        "string_to_param": {"*": {"TORCHTENSOR": tensor.tolist()}},
+        "name": token,
+        "step": step,
+        "sd_checkpoint": sd_checkpoint,
+        "sd_checkpoint_name": sd_checkpoint_name,
+    }
+    extra = {k: v for k, v in (metadata or {}).items() if k not in ("step", "sd_checkpoint", "sd_checkpoint_name")}
+    if extra:
+        data["textinv_metadata"] = extra
+    info = PngInfo()
+    info.add_text(IMAGE_TEXT_CHUNK, base64.b64encode(json.dumps(data).encode("utf-8")).decode("ascii"))
+    card = Image.new("RGB", (256, 256), (24, 24, 32))
+    draw = ImageDraw.Draw(card)
+    draw.text((12, 12), token, fill=(255, 255, 255))
+    draw.text((12, 232), f"{tensor.shape[0]}v x {tensor.shape[1]}" + (f", {step} steps" if step else ""), fill="grey")
+    return write_atomic(path, lambda p: card.save(p, format="PNG", pnginfo=info))
 
 
 def torch_zip_bytes(obj: Any) -> bytes:

@@ -1,17 +1,19 @@
 """Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, toy default.
 
-Also reads a model's recommended textinv settings (model families: `embeddings.family_of_dims`).
+Also reads a model's recommended textinv settings (model families: `textinv.families`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from textinv.errors import TextinvError
+from textinv.families import single_file_is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,65 @@ class ModelSource:
         return self.kind in ("folder", "single_file", "toy")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """`owner/name` as the Hugging Face Hub spells repo ids (models and concepts alike); paths never match."""
+    return bool(_HUB_ID.match(text)) and not text.endswith((".safetensors", ".bin", ".pt", ".ckpt"))
+
+
+# The name the embedded toy model goes by in shared files (model cards, metadata, PNG infotext).
+TOY_MODEL_NAME = "textinv-toy"
+# Model families the embedded toy model exists for (`textinv toy path --family`).
+TOY_MODEL_DIRS = {"sd1": TOY_MODEL_DIR}
+
+
 def toy_model_available() -> bool:
     return (TOY_MODEL_DIR / "model_index.json").is_file()
+
+
+def toy_model_dir(family: str = "sd1") -> Path:
+    """The embedded toy model's diffusers folder for `family`: what `textinv toy path` prints.
+
+    Why a function: a model card or a script can load the toy model in plain diffusers
+    (`StableDiffusionPipeline.from_pretrained(toy_model_dir())`) without knowing where textinv is installed.
+    """
+    if family not in TOY_MODEL_DIRS:
+        raise TextinvError(f"no embedded toy model for family {family!r}; choose one of {', '.join(TOY_MODEL_DIRS)}")
+    return TOY_MODEL_DIRS[family]
+
+
+def shareable_model_name(source: ModelSource | str) -> str:
+    """The model's name as it may appear in files that are shared: a hub id, or a folder's or file's name.
+
+    Never a local path (it would reveal a user name and a machine's layout): the embedded toy model is
+    `textinv-toy`, a folder in the Hugging Face cache is its hub id, any other folder or file its own name.
+    A plain string is read as `--pretrained_model_name_or_path` would be, without checking that it exists.
+    """
+    if isinstance(source, str):
+        source = source_from_name(source)
+    if source.kind == "toy":
+        return TOY_MODEL_NAME
+    if source.kind == "hub":
+        return source.path_or_id
+    path = Path(source.path_or_id).expanduser().resolve()
+    # A hub snapshot: .../models--ORG--NAME/snapshots/<commit>
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return path.name
+
+
+def source_from_name(name: str) -> ModelSource:
+    """What kind of source a model name is, as `resolve_model_source` would read it, without checking it exists."""
+    if name in ("", TOY_MODEL_NAME) or Path(name).expanduser().resolve() in {
+        d.resolve() for d in TOY_MODEL_DIRS.values()
+    }:
+        return ModelSource(str(TOY_MODEL_DIR), "toy")
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        return ModelSource(name, "single_file" if path.suffix.lower() in SINGLE_FILE_SUFFIXES else "folder")
+    return ModelSource(name, "hub")
 
 
 def resolve_model_source(name_or_path: str | None) -> ModelSource:
@@ -63,7 +122,7 @@ def resolve_model_source(name_or_path: str | None) -> ModelSource:
         raise TextinvError(
             f"{p} is not a Stable Diffusion model (expected a diffusers folder or a .safetensors/.ckpt file)"
         )
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+    if looks_like_hub_id(name_or_path):
         return ModelSource(name_or_path, "hub")
     raise TextinvError(f"model {name_or_path!r} not found: no such folder or file, and not a hub id")
 
@@ -133,7 +192,7 @@ def load_pipeline(
     try:
         if source.kind == "single_file":
             cls = diffusers.StableDiffusionPipeline
-            if _single_file_is_sdxl(Path(source.path_or_id)):
+            if single_file_is_sdxl(Path(source.path_or_id)):
                 cls = diffusers.StableDiffusionXLPipeline
             pipe = cls.from_single_file(source.path_or_id, **kwargs)
         else:
@@ -159,12 +218,3 @@ def load_pipeline(
                 f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); use an SD 1.x/2.x/XL model"
             )
     return pipe
-
-
-def _single_file_is_sdxl(path: Path) -> bool:
-    if path.suffix.lower() != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return any(k.startswith("conditioner.embedders.1") for k in f.keys())

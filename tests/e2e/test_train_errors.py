@@ -105,9 +105,9 @@ def test_interrupted_output_dir_is_not_restarted_silently(sd1_model, concept_dir
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir, tmp_path, capsys, monkeypatch):
-    import textinv.train as train_mod
+    import textinv.backends.pytorch as backend
 
-    real = train_mod._diffusion_loss
+    real = backend.diffusion_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -115,7 +115,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(train_mod, "_diffusion_loss", poisoned)
+    monkeypatch.setattr(backend, "diffusion_loss", poisoned)
     out = tmp_path / "nan"
     line = _fails(
         capsys,
@@ -135,11 +135,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains_with_fp32_rows(sd1_model, concept_dir, tmp_path, precision):
+def test_mixed_precision_runs_the_frozen_weights_in_half_and_trains_fp32_rows(
+    sd1_model, concept_dir, tmp_path, precision, monkeypatch
+):
     from helpers import learned
 
+    import textinv.backends.pytorch as backend
+
+    real, seen = backend.diffusion_loss, []
+
+    def noting_dtypes(draws, posteriors, prompt_ids, family, unet, *a, **k):
+        encoder_weight = next(p for n, p in family.text_encoders[0].named_parameters() if "fc1" in n)
+        seen.append((unet.conv_in.weight.dtype, encoder_weight.dtype, family.rows[0].dtype))
+        return real(draws, posteriors, prompt_ids, family, unet, *a, **k)
+
+    monkeypatch.setattr(backend, "diffusion_loss", noting_dtypes)
     out = tmp_path / precision
     assert run_cli(train_args(sd1_model, concept_dir, out, "--mixed_precision", precision, steps=2)) == 0
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert seen and set(seen) == {(half, half, torch.float32)}
     rows = learned(out)["<cat-toy>"]
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
 
@@ -199,12 +213,18 @@ def _real(name: str):
     return importlib.machinery.PathFinder.find_spec(name)
 
 
-def test_sdxl_model_is_refused_for_training(concept_dir, tmp_path, capsys):
-    from test_concepts import _tiny_sdxl_pipeline
+def test_use_8bit_adam_without_bitsandbytes_is_one_line(sd1_model, concept_dir, tmp_path, capsys, monkeypatch):
+    import sys
 
-    model = tmp_path / "tiny-sdxl"
-    _tiny_sdxl_pipeline().save_pretrained(model)
-    _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "SDXL model", "SD 1.x/2.x")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    args = train_args(sd1_model, concept_dir, tmp_path / "o", "--use_8bit_adam")
+    _fails(capsys, args, "--use_8bit_adam", "pip install bitsandbytes")
+
+
+def test_sdxl_initializer_of_several_tokens_names_the_tokenizer(sdxl_model, concept_dir, tmp_path, capsys):
+    args = train_args(sdxl_model, concept_dir, tmp_path / "o")
+    args[args.index("--initializer_token") + 1] = "toyzzqx"
+    _fails(capsys, args, "--initializer_token 'toyzzqx' is", "in tokenizer, not one")
 
 
 def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):
@@ -225,3 +245,19 @@ def test_fp8_base_with_a_full_pipeline_save_is_refused(sd1_model, concept_dir, t
     args = train_args(sd1_model, concept_dir, tmp_path / "o", "--fp8_base", "--save_as_full_pipeline")
     _fails(capsys, args, "--fp8_base", "--save_as_full_pipeline", "drop one")
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_on_a_cpu_run_is_warned_about_in_one_line(sd1_model, concept_dir, tmp_path, caplog):
+    import logging
+
+    for precision in ("fp16", "bf16"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="textinv"):
+            args = train_args(sd1_model, concept_dir, tmp_path / precision, "--mixed_precision", precision, steps=1)
+            assert run_cli(args) == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if precision == "fp16":
+            assert len(warnings) == 1 and "fp16 on the CPU" in warnings[0] and "bf16" in warnings[0], warnings
+            assert "\n" not in warnings[0]
+        else:
+            assert not warnings, warnings

@@ -24,14 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from textinv.embeddings import (
     Embedding,
-    describe_family,
-    family_of_dims,
     read_embedding,
     save_a1111_embedding,
     save_diffusers_embedding,
     write_embedding,
 )
 from textinv.errors import TextinvError
+from textinv.families import describe_family, family_of_dims
 
 # ------------------------------------------------------------------------------------------------
 # AUTOMATIC1111's safe-unpickle gate, restated: archive members and pickle globals it allows.
@@ -246,14 +245,35 @@ def test_family_is_told_by_dimension(tmp_path):
     assert read_embedding(save_diffusers_embedding(tmp_path / "a.bin", "<a>", _vectors(1, 1024))).family == "sd2"
 
 
-def test_sdxl_pair_is_written_only_as_a1111_safetensors(tmp_path):
+def test_sdxl_pair_is_written_as_a1111_safetensors_and_pt(tmp_path):
     save_file({"clip_l": _vectors(2, 768), "clip_g": _vectors(2, 1280)}, str(tmp_path / "xl.safetensors"))
     emb = read_embedding(tmp_path / "xl.safetensors")
     out = write_embedding(tmp_path / "out.safetensors", emb, "a1111")
     again = load_file(str(out))
     assert set(again) == {"clip_l", "clip_g"} and torch.equal(again["clip_g"], emb.vectors[1])
+    pt = write_embedding(tmp_path / "out.pt", emb, "a1111")
+    name, vec = a1111_read_file(pt)  # passes the safe-unpickle gate; A1111 sees 768 + 1280 wide vectors
+    assert name == "out" and torch.equal(vec, torch.cat(emb.vectors, dim=-1))
+    back = read_embedding(pt)
+    assert back.family == "sdxl" and all(_bits(a) == _bits(b) for a, b in zip(back.vectors, emb.vectors, strict=True))
+    assert torch.equal(comfyui_load(pt, "clip_g"), emb.vectors[1])
     with pytest.raises(TextinvError, match="SDXL"):
-        write_embedding(tmp_path / "out.pt", emb, "diffusers")
+        write_embedding(tmp_path / "out.bin", emb, "diffusers")
+
+
+def test_sdxl_training_folder_reads_as_one_pair(tmp_path):
+    """diffusers' SDXL layout: learned_embeds (text_encoder) + learned_embeds_2 (text_encoder_2) = one concept."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    clip_l, clip_g = _vectors(2, 768, seed=1), _vectors(2, 1280, seed=2)
+    save_diffusers_embedding(folder / "learned_embeds.safetensors", "<xl>", clip_l)
+    save_diffusers_embedding(folder / "learned_embeds_2.safetensors", "<xl>", clip_g)
+    emb = read_embedding(folder)
+    assert (emb.format, emb.family, emb.token) == ("sdxl", "sdxl", "<xl>")
+    assert torch.equal(emb.vectors[0], clip_l) and torch.equal(emb.vectors[1], clip_g)
+    save_diffusers_embedding(folder / "learned_embeds_2.safetensors", "<xl>", _vectors(3, 1280))
+    with pytest.raises(TextinvError, match="learned_embeds_2.safetensors does not match"):
+        read_embedding(folder)
 
 
 def test_concepts_library_folder_uses_token_identifier(tmp_path):

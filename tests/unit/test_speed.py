@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = REPO / "bench"
 
 
 def _load(name: str):
@@ -134,9 +135,11 @@ def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tm
     assert "2.10× (2.05–2.15)" in capsys.readouterr().out
 
 
-def test_rounds_must_be_positive(train_speed):
-    with pytest.raises(SystemExit):
+def test_rounds_must_be_positive(train_speed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         train_speed.parse_args(["--rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err
 
 
 def test_torchvision_shim_reaches_only_the_timed_script(tmp_path):
@@ -335,11 +338,42 @@ def test_apply_speedups_patches_every_geglu_of_the_unet_when_lean_and_not_compil
     def patched(model):
         return sum("forward" in m.__dict__ for m in model.modules() if type(m).__name__ == "GEGLU")
 
-    apply_speedups(unet, None, torch.device("cpu"))
+    apply_speedups(unet)
     assert count > 0 and patched(unet) == count
     small = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
-    apply_speedups(small, None, torch.device("cpu"), lean=False)  # what training passes for a toy-sized UNet
+    apply_speedups(small, lean=False)  # what training passes for a toy-sized UNet
     assert patched(small) == 0
     compiled = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
-    apply_speedups(compiled, None, torch.device("cpu"), compile_mode="default")  # compiles lazily, at the first call
+    apply_speedups(compiled, compile_mode="default")  # compiles lazily, at the first call
     assert patched(compiled) == 0  # a compiled graph plans what its backward keeps itself
+
+
+def test_sdxl_bench_model_is_sdxl_1_0_shaped_and_its_tiny_twin_runs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # sdxl_speed imports train_speed as the bench folder's module
+    sdxl_speed = _load("sdxl_speed")
+    cfg = sdxl_speed.sdxl_configs("sdxl")
+    widths = cfg["text_encoder"]["hidden_size"], cfg["text_encoder_2"]["hidden_size"]
+    assert widths == (768, 1280) and cfg["unet"]["cross_attention_dim"] == sum(widths)
+    assert cfg["unet"]["projection_class_embeddings_input_dim"] == 6 * 256 + 1280
+    assert cfg["unet"]["transformer_layers_per_block"] == (1, 2, 10)
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_speed.build_sdxl_pipeline("tiny", tmp_path / "xl"))
+    image = pipe("a photo", num_inference_steps=1, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_torchvision_shim_crops_as_torchvision():
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("shim_transforms", BENCH / "shims" / "torchvision" / "transforms.py")
+    transforms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transforms)
+    img = Image.new("RGB", (40, 30))
+    img.putpixel((7, 3), (255, 0, 0))
+    assert transforms.CenterCrop(20)(img).size == (20, 20)
+    assert transforms.functional.crop(img, 3, 7, 5, 6).getpixel((0, 0)) == (255, 0, 0)
+    assert transforms.RandomCrop.get_params(img.resize((32, 32)), (32, 32)) == (0, 0, 32, 32)  # the SDXL script's case
+    torch.manual_seed(0)
+    top, left, h, w = transforms.RandomCrop.get_params(img, (10, 10))
+    assert 0 <= top <= 20 and 0 <= left <= 30 and (h, w) == (10, 10)

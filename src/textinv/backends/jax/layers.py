@@ -1,0 +1,105 @@
+"""Blocks the Flax text encoder and UNet share: attention, the GEGLU feed-forward, norms, timestep features.
+
+Activations are NHWC (channels last), XLA's native convolution layout on CPU and TPU. Norm statistics are
+taken in fp32 whatever the weights' precision, as PyTorch's CPU kernels do for bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def linear(din: int, dout: int, rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=bias, rngs=rngs)
+
+
+def conv(din: int, dout: int, kernel: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
+    pad = kernel // 2
+    return nnx.Conv(din, dout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)), rngs=rngs)
+
+
+class GroupNorm(nnx.Module):
+    """torch.nn.GroupNorm over the last (channel) axis: two-pass variance, fp32 statistics."""
+
+    def __init__(self, groups: int, channels: int, eps: float):
+        self.groups, self.eps = groups, eps
+        self.scale = nnx.Param(jnp.ones((channels,)))
+        self.bias = nnx.Param(jnp.zeros((channels,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = x.shape
+        grouped = x.astype(jnp.float32).reshape(shape[0], -1, self.groups, shape[-1] // self.groups)
+        mean = grouped.mean(axis=(1, 3), keepdims=True)
+        var = jnp.square(grouped - mean).mean(axis=(1, 3), keepdims=True)
+        normed = ((grouped - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
+        return (normed * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm over the last axis: two-pass variance, fp32 statistics."""
+
+    def __init__(self, dim: int, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,)))
+        self.bias = nnx.Param(jnp.zeros((dim,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(axis=-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (normed * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, causal: bool = False) -> jax.Array:
+    """Scaled dot-product attention over [B, T, heads * dim] inputs; softmax in fp32 (diffusers' upcast)."""
+    b, t, inner = q.shape
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, inner // heads)  # noqa: E731
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=causal)
+    return out.reshape(b, t, inner)
+
+
+class Attention(nnx.Module):
+    """diffusers' `Attention` as SD's transformer blocks use it: q/k/v without bias, one output projection."""
+
+    def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, rngs: nnx.Rngs):
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = linear(query_dim, inner, rngs, bias=False)
+        self.to_k = linear(context_dim, inner, rngs, bias=False)
+        self.to_v = linear(context_dim, inner, rngs, bias=False)
+        self.to_out = linear(inner, query_dim, rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
+
+
+class GEGLUFeedForward(nnx.Module):
+    """diffusers' `FeedForward` with `activation_fn="geglu"`: value * gelu(gate), both from one projection."""
+
+    def __init__(self, dim: int, rngs: nnx.Rngs, mult: int = 4):
+        inner = dim * mult
+        self.proj = linear(dim, inner * 2, rngs)
+        self.out = linear(inner, dim, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        value, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return self.out(value * jax.nn.gelu(gate, approximate=False))
+
+
+def timestep_features(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> jax.Array:
+    """Sinusoidal timestep features, as diffusers' `get_timestep_embedding` (max period 10000, fp32)."""
+    half = dim // 2
+    exponent = -math.log(10000) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    angles = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb

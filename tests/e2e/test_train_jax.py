@@ -1,0 +1,89 @@
+"""`textinv train --backend jax` as a user runs it, on the tiny SD-1 pipeline, against `--backend torch`."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from helpers import learned, run_cli, train_args
+
+pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
+
+
+TOKEN = "<cat-toy>"
+OUTPUTS = {
+    "learned_embeds.safetensors",
+    "learned_embeds.bin",
+    "token_identifier.txt",
+    "type_of_concept.txt",
+    "README.md",
+}
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache(tmp_path_factory, monkeypatch):
+    # One cache for the session's runs: the same step compiled once, not once per run.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "jax-cache"))
+
+
+def _initial_row(model) -> np.ndarray:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    (toy,) = tokenizer.encode("toy", add_special_tokens=False)
+    return CLIPTextModel.from_pretrained(model / "text_encoder").get_input_embeddings().weight[toy].detach().numpy()
+
+
+def test_jax_backend_writes_what_torch_writes_and_learns_the_same(sd1_model, concept_dir, tmp_path):
+    flags = (
+        "--num_vectors",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--lr_scheduler",
+        "linear",
+        "--save_steps",
+        "2",
+    )
+    runs = {}
+    for backend in ("torch", "jax"):
+        out = tmp_path / backend
+        assert run_cli(train_args(sd1_model, concept_dir, out, "--backend", backend, *flags, steps=4)) == 0
+        runs[backend] = out
+    names = {backend: {p.name for p in out.iterdir() if p.is_file()} for backend, out in runs.items()}
+    assert names["jax"] == names["torch"] and OUTPUTS <= names["jax"]
+    assert "learned_embeds-steps-2.safetensors" in names["jax"]
+    start = _initial_row(sd1_model)
+    torch_rows, jax_rows = (learned(runs[b])[TOKEN].numpy() for b in ("torch", "jax"))
+    assert jax_rows.shape == (2, 32)
+    moved = np.linalg.norm(torch_rows - start[None])
+    assert moved > 1e-3
+    assert np.linalg.norm(jax_rows - torch_rows) <= 0.01 * moved
+
+
+def test_jax_resume_is_bitwise_equal_and_the_other_backend_is_refused(sd1_model, concept_dir, tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("--backend", "jax", "--checkpointing_steps", "2")
+    assert run_cli(train_args(sd1_model, concept_dir, straight, *common, steps=4)) == 0
+    assert run_cli(train_args(sd1_model, concept_dir, split, *common, steps=2)) == 0
+    resume = ("--resume_from_checkpoint", "latest")
+    assert run_cli(train_args(sd1_model, concept_dir, split, *common, *resume, steps=4)) == 0
+    assert (learned(split)[TOKEN] == learned(straight)[TOKEN]).all()
+    assert (split / "checkpoint-2" / "jax_state.safetensors").is_file()
+    capsys.readouterr()
+    torch_resume = train_args(sd1_model, concept_dir, split, "--backend", "torch", *resume, steps=6)
+    assert run_cli(torch_resume) != 0
+    err = capsys.readouterr().err.strip()
+    assert "written by the jax backend; resume it with --backend jax" in err and "\n" not in err
+
+
+def test_a_bad_initializer_gets_the_same_one_line_error_on_both_backends(sd1_model, concept_dir, tmp_path, capsys):
+    errors = []
+    for backend in ("torch", "jax"):
+        args = train_args(sd1_model, concept_dir, tmp_path / backend, "--backend", backend, steps=1)
+        args[args.index("--initializer_token") + 1] = "zxqwvbn"  # several BPE pieces, not one token
+        assert run_cli(args) == 2
+        errors.append(capsys.readouterr().err.strip())
+    assert errors[0] == errors[1]
+    assert re.search(r"--initializer_token 'zxqwvbn' is \d+ tokens", errors[1]) and "\n" not in errors[1]

@@ -1,0 +1,119 @@
+"""The Flax text encoder and UNet against the transformers / diffusers modules on tiny random pipelines (fp32, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+jax = pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from textinv.backends.jax.weights import (  # noqa: E402
+    build_unet,
+    load_text_encoder,
+    load_unet,
+    read_torch_module,
+)
+from textinv.errors import TextinvError  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def _jitted(module):
+    graphdef, state = nnx.split(module)
+    return jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args)), state
+
+
+@pytest.mark.parametrize("model", ["sd1_model", "sd2_model"])
+def test_clip_text_encoder_matches_transformers(model, request):
+    from transformers import CLIPTextModel
+
+    from textinv.tokens import PlaceholderEmbedding
+
+    folder = request.getfixturevalue(model) / "text_encoder"
+    reference = CLIPTextModel.from_pretrained(folder)
+    ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0))
+    ids[0, 5], ids[1, 7] = 49408, 49409  # two new rows past the table's end, as placeholders are
+    rows = torch.randn(2, reference.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    reference.set_input_embeddings(PlaceholderEmbedding(reference.get_input_embeddings(), 49408, rows))
+    with torch.no_grad():
+        expected = reference(ids)[0].numpy()
+    forward, state = _jitted(load_text_encoder(folder))
+    got = np.asarray(forward(state, jnp.asarray(ids.numpy()), jnp.asarray(rows.numpy()), 49408))
+    assert np.abs(got - expected).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("model", ["sd1_model", "sd2_model"])
+@pytest.mark.parametrize("latent_size", [(16, 16), (12, 10)])  # the second: upsampling back to odd skip sizes
+def test_unet_matches_diffusers(model, latent_size, request):
+    from diffusers import UNet2DConditionModel
+
+    folder = request.getfixturevalue(model) / "unet"
+    reference = UNet2DConditionModel.from_pretrained(folder)
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, *latent_size, generator=g)
+    timesteps = torch.tensor([3, 917])
+    context = torch.randn(2, 77, reference.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        expected = reference(sample, timesteps, context).sample.numpy()
+    forward, state = _jitted(load_unet(folder))
+    got = np.asarray(forward(state, *(jnp.asarray(t.numpy()) for t in (sample, timesteps, context))))
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < TOLERANCE
+
+
+def test_unet_from_a_loaded_torch_module_equals_the_one_from_its_files(sd1_model):
+    """Single-file models have no component folder: their loaded module's state dict gives the same parameters."""
+    from diffusers import UNet2DConditionModel
+
+    folder = sd1_model / "unet"
+    from_files = nnx.state(load_unet(folder))
+    module = UNet2DConditionModel.from_pretrained(folder)
+    from_module = nnx.state(build_unet(dict(module.config), read_torch_module(module)))
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), from_files, from_module)
+    assert all(jax.tree.leaves(same))
+
+
+def test_unet_loads_in_bf16(sd1_model):
+    unet = load_unet(sd1_model / "unet", dtype=jnp.bfloat16)
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(nnx.state(unet, nnx.Param))}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_sdxl_like_unet_is_refused_in_one_line(sd1_model):
+    config = json.loads((sd1_model / "unet" / "config.json").read_text())
+    config["addition_embed_type"] = "text_time"
+    with pytest.raises(TextinvError, match="addition_embed_type='text_time'.*--backend torch") as err:
+        build_unet(config, iter(()))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_tensor_is_a_clear_error(sd1_model):
+    from diffusers import UNet2DConditionModel
+
+    module = UNet2DConditionModel.from_pretrained(sd1_model / "unet")
+    tensors = [item for item in read_torch_module(module) if not item[0].startswith("conv_out.")]
+    with pytest.raises(TextinvError, match=r"lack 2 tensor\(s\) \(first: conv_out.bias\)"):
+        build_unet(dict(module.config), iter(tensors))
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(sd1_model):
+    unet = load_unet(sd1_model / "unet")
+    g = np.random.default_rng(0)
+    sample, context = g.standard_normal((1, 4, 16, 16), np.float32), g.standard_normal((1, 77, 32), np.float32)
+
+    def grad_of_context(checkpointing: bool) -> np.ndarray:
+        unet.gradient_checkpointing = checkpointing
+        graphdef, state = nnx.split(unet)
+        loss = lambda ctx: jnp.sum(nnx.merge(graphdef, state)(sample, jnp.asarray([500]), ctx) ** 2)  # noqa: E731
+        # The rematerialised blocks show as remat calls in the traced gradient.
+        assert ("remat" in str(jax.make_jaxpr(jax.grad(loss))(context))) == checkpointing
+        return np.asarray(jax.jit(jax.grad(loss))(context))
+
+    plain, rematerialised = grad_of_context(False), grad_of_context(True)
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(rematerialised, plain, rtol=1e-5, atol=1e-6)
