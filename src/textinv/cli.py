@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from textinv import __version__
 from textinv.commands import iter_command_modules
+from textinv.cpu_runtime import configure_cpu_runtime
 from textinv.errors import TextinvError
 
 
@@ -81,6 +82,7 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_cpu_runtime()  # before any command imports torch: libgomp reads it once, when loaded
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` anywhere shows full tracebacks; it is stripped before parsing so every command accepts it.
     debug = "--debug" in argv or os.environ.get("TEXTINV_DEBUG") == "1"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from textinv.errors import TextinvError
@@ -121,7 +122,11 @@ class PlaceholderEmbedding(nn.Module):
         # The base matrix is not resized while training, so the new ids may lie past its end: look up
         # row 0 for them instead; `where` then puts the trainable rows in their place.
         out = self.base(input_ids.masked_fill(is_new, 0))
-        new = self.rows.to(out.dtype)[offset.clamp(0, self.num_rows - 1)]
+        # An embedding lookup, not `rows[offset]`: indexing's backward is `index_put_(accumulate=True)`, which
+        # on a multi-threaded CPU adds every position's gradient into the few rows with atomics, in whatever
+        # order the threads run (a batch of 8 gave 281 distinct gradients in 2,000 repeats under load, issue
+        # 23); the embedding's backward sums each row on one thread, in position order.
+        new = F.embedding(offset.clamp(0, self.num_rows - 1), self.rows.to(out.dtype))
         return torch.where(is_new.unsqueeze(-1), new, out)
 
 
