@@ -146,3 +146,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _own_kernel_plan_store(tmp_path_factory, monkeypatch):
+    """Each test starts with no stored CPU kernel plans (seeded `auto` runs store theirs per machine)."""
+    monkeypatch.setenv("TEXTINV_CACHE_DIR", str(tmp_path_factory.mktemp("textinv-cache")))

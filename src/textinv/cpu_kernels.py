@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -554,18 +555,57 @@ def plan_cpu_kernels(
     calls = _memo(lambda: record_kernel_calls(record_forward))
     prior = KernelPlan.from_state(resumed) if resumed is not None else None
     on_cpu = accelerator.device.type == "cpu"
-    plan = KernelPlan(
-        conv=_choose_cpu_conv(cfg, accelerator, prior, steps_left, calls),
-        matmul=_choose_cpu_matmul(cfg, accelerator, prior.matmul if prior else "", steps_left, calls),
-        # On the CPU every frozen convolution of an SD-sized UNet goes through `_ConvOn`, which keeps no input for
-        # the backward (70 MB off the SD-1.5 peak at 256 px, same speed). Not on GPUs, where a Python route per
-        # call costs launch time and saved nothing measurable (bench/RESULTS.md).
-        keep_conv_inputs=not routes_calls(cfg) or not on_cpu or not sd_sized,
+    timed_by_seed = (
+        cfg.seed is not None
+        and on_cpu
+        and prior is None
+        and steps_left >= AUTO_MIN_STEPS
+        and "auto" in (cfg.cpu_conv, cfg.cpu_matmul)
     )
+    with _machine_plan(cfg, accelerator, calls) if timed_by_seed else contextlib.nullcontext() as stored:
+        if stored is not None and stored.state is not None:
+            prior = KernelPlan.from_state(stored.state)
+            log.info("CPU kernels: this machine's stored plan for seeded runs (%s)", stored.path)
+        plan = KernelPlan(
+            conv=_choose_cpu_conv(cfg, accelerator, prior, steps_left, calls),
+            matmul=_choose_cpu_matmul(cfg, accelerator, prior.matmul if prior else "", steps_left, calls),
+            # On the CPU every frozen convolution of an SD-sized UNet goes through `_ConvOn`, which keeps no input
+            # for the backward (70 MB off the SD-1.5 peak at 256 px, same speed). Not on GPUs, where a Python route
+            # per call costs launch time and saved nothing measurable (bench/RESULTS.md).
+            keep_conv_inputs=not routes_calls(cfg) or not on_cpu or not sd_sized,
+        )
+        if stored is not None and accelerator.is_main_process:
+            stored.save(plan.to_state())
     log.debug(
         "CPU kernel plan of process %d: %s", getattr(accelerator, "process_index", 0), json.dumps(plan.to_state())
     )
     return plan
+
+
+@contextlib.contextmanager
+def _machine_plan(cfg, accelerator, calls):
+    """A seeded `auto` run's stored plan (`kernel_plan_store`): the main process holds the lock while it reads,
+    times and stores; the others get what it read, so every process plans from the same state."""
+    from textinv.kernel_plan_store import locked_plan, plan_key
+
+    if not accelerator.is_main_process:
+        yield _shared_plan(accelerator, None)
+        return
+    with locked_plan(plan_key(cfg, calls(), torch.get_num_threads(), torch.__version__)) as stored:
+        _shared_plan(accelerator, stored)
+        yield stored
+
+
+def _shared_plan(accelerator, stored):
+    """The main process's stored plan, as every process sees it (a broadcast with several)."""
+    if getattr(accelerator, "num_processes", 1) == 1:
+        return stored
+    from accelerate.utils import broadcast_object_list
+
+    from textinv.kernel_plan_store import StoredPlan
+
+    state = broadcast_object_list([None if stored is None else (str(stored.path), stored.state)])[0]
+    return stored if stored is not None else StoredPlan(Path(state[0]), state[1])
 
 
 def _memo(make):

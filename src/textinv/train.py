@@ -30,6 +30,7 @@ from textinv import backends
 from textinv import checkpoint as ckpt
 from textinv.backends.pytorch import TorchBackend
 from textinv.config import TrainConfig, precision_warning
+from textinv.cpu_runtime import configure_cpu_runtime
 from textinv.data import (
     SampleStream,
     cache_latent_posteriors,
@@ -127,6 +128,7 @@ def train(cfg: TrainConfig, *, subscribers: Sequence[Subscriber] = (), stop: Sto
 
 def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     """Load the frozen model, add the token, cache the data, build the optimiser, resume if asked."""
+    configure_cpu_runtime()  # fixed thread counts (the CLI calls it first, so the wait policy applies too)
     cfg.validate()
     main_host = backends.prepare(cfg)  # a backend's one-line refusals come before anything loads
     output_dir = Path(cfg.output_dir)
