@@ -4,9 +4,7 @@ PyTorch's x86 wheels bundle GCC's OpenMP (libgomp), which MKL and oneDNN run on 
 thread that waits at a barrier spins for 300,000 rounds (milliseconds) before it sleeps. Alone on the cores
 that is cheap; with another process on them, the thread being waited for is off its core, the spinning one
 keeps its own core busy, so the kernel never hands the idle core to the late thread: every op waits a time
-slice. Measured on the shared 2-core EPYC (issue 23), the toy UNet's forward+backward with one competing busy
-loop: 9.8-12.7 s and 2.9 s of CPU per iteration spinning, 1.0-1.2 s and 0.29 s of CPU with `PASSIVE` (one
-thread: 1.4 s); a spin count of 2,000 gave 1.4-1.7 s, 20,000 gave 5.5 s. How threads wait changes no number.
+slice. `PASSIVE` threads sleep instead (bench/RESULTS.md, "A shared CPU"); how threads wait changes no number.
 
 The thread count does (it decides how reductions are split), so it is fixed: never adapted to the load.
 """
