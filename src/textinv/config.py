@@ -63,6 +63,12 @@ class TrainConfig:
     learnable_property: str = _flag(
         "object", "What the images share: an 'object' or a 'style'.", choices=("object", "style")
     )
+    template_file: str | None = _flag(
+        None,
+        "A text file of prompt templates, one per line, as AUTOMATIC1111's: [name] is the concept's token, "
+        "[filewords] the image's caption, read from IMAGE.txt beside each image (empty when missing). "
+        "Default: diffusers' templates for --learnable_property.",
+    )
     repeats: int = _flag(100, "How many times each image appears per epoch.")
     num_vectors: int = _flag(1, "Embedding vectors for the concept (<tok>, <tok>_1, ...).")
     # Output
@@ -214,6 +220,10 @@ class TrainConfig:
         for name in ("placeholder_token", "initializer_token", "train_data_dir"):
             if not getattr(self, name):
                 raise TextinvError(f"--{name} is required")
+        if self.template_file:
+            from textinv.data import load_template_file
+
+            load_template_file(self.template_file)  # a bad file stops the run before the model loads
         if any(ch.isspace() for ch in self.placeholder_token or ""):
             raise TextinvError(
                 f"--placeholder_token {self.placeholder_token!r} contains whitespace; use one word like '<my-cat>'"
