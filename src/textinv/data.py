@@ -289,7 +289,9 @@ def load_template_file(path: str | Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise TextinvError(f"--template_file {path} does not exist; give a text file with one template per line") from None
+        raise TextinvError(
+            f"--template_file {path} does not exist; give a text file with one template per line"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TextinvError(
             f"--template_file {path} is not readable as UTF-8 text ({type(exc).__name__}); "

@@ -133,9 +133,8 @@ def test_config_validate_checks_the_template_file(tmp_path, concept_dir):
 
 
 def test_tokenized_table_is_images_by_templates_and_matches_per_prompt_tokenization():
-    from transformers import CLIPTokenizer
-
     from conftest import TOKENIZER_DIR
+    from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     table = prompt_table("cat", 2, templates=["a [name] [filewords]", "[name]"], captions=["red", ""])
@@ -149,9 +148,9 @@ def test_tokenized_table_is_images_by_templates_and_matches_per_prompt_tokenizat
 
 
 def test_default_table_tokenizes_to_todays_template_ids():
+    from conftest import TOKENIZER_DIR
     from transformers import CLIPTokenizer
 
-    from conftest import TOKENIZER_DIR
     from textinv.data import templates_for, tokenize_templates
 
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
