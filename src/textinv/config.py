@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +240,14 @@ class TrainConfig:
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+def field_type(field: dataclasses.Field) -> type:
+    """The value type of a config field (`int` for `int | None`): what the CLI parses and the UI's widget holds."""
+    hint = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing), {})  # noqa: S307
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None = None) -> TrainConfig:
