@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from ui_server import EXAMPLE, non_loopback_address, running_ui
+from ui_server import REPO, non_loopback_address, running_ui
 
 from textinv.embeddings import save_diffusers_embedding
 
@@ -19,38 +19,37 @@ def _gallery_paths(result) -> list[str]:
     return [item["image"] if isinstance(item, dict) else item for item in result]
 
 
-def test_train_and_generate_through_gradio_client(tmp_path):
-    from gradio_client import Client, handle_file
+def readme_snippet(marker: str) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return text.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
 
+
+def test_readme_api_snippet_trains_and_generates_through_gradio_client(tmp_path, monkeypatch):
+    """The README's gradio_client snippet, as written but for the server's port and a few steps."""
     with running_ui(tmp_path / "root") as (url, port):
         address = non_loopback_address()
         if address is not None:  # listening on loopback only: the machine's own network address is refused
             with socket.socket() as s:
                 s.settimeout(2)
                 assert s.connect_ex((address, port)) != 0
-        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        progress, _, validation, embedding, command, status = client.predict(
-            images=[handle_file(str(p)) for p in sorted(EXAMPLE.glob("*.png"))],
-            placeholder_token="<api-star>",
-            initializer_token="star",
-            max_train_steps=4,
-            validation_prompt="a photo of a <api-star>",
-            validation_steps=2,
-            seed=0,
-            api_name="/train",
-        )
-        assert 'data-state="finished"' in progress and 'data-step="4"' in progress
-        assert list(load_file(embedding)) == ["<api-star>"]
-        assert command.startswith("textinv train ") and "--max_train_steps 4" in command
-        assert len(_gallery_paths(validation)) == 2 * 4  # validations at steps 2 and 4, 4 images each
-        gallery, files = client.predict(
-            prompt="a photo of a <api-star>", num_images=2, seed=3, concepts=["api-star"], api_name="/generate"
-        )
-        assert len(_gallery_paths(gallery)) == 2
-        with Image.open(files[0] if isinstance(files, list) else files) as image:
-            parameters = image.text["parameters"]
-        assert parameters.startswith("a photo of a <api-star>") and "Seed: 3" in parameters
-    assert (tmp_path / "root" / "api-star" / "learned_embeds.safetensors").is_file()
+        code = readme_snippet("<!-- ui-api-snippet -->")
+        assert "http://127.0.0.1:7860/" in code and "max_train_steps=600" in code
+        code = code.replace("http://127.0.0.1:7860/", url).replace("max_train_steps=600", "max_train_steps=4")
+        validate = 'validation_prompt="a <my-star>", validation_steps=2, api_name="/train"'
+        code = code.replace('api_name="/train"', validate)
+        monkeypatch.chdir(REPO)
+        names: dict = {}
+        exec(compile(code, "README.md", "exec"), names)  # noqa: S102
+    progress, embedding, command = names["progress"], names["embedding"], names["command"]
+    assert 'data-state="finished"' in progress and 'data-step="4"' in progress
+    assert list(load_file(embedding)) == ["<my-star>"]
+    assert command.startswith("textinv train ") and "--max_train_steps 4" in command
+    assert len(_gallery_paths(names["validation"])) == 2 * 4  # validations at steps 2 and 4, 4 images each
+    assert len(_gallery_paths(names["gallery"])) == 4
+    with Image.open(names["files"][0]) as image:
+        parameters = image.text["parameters"]
+    assert parameters.startswith("a photo of a <my-star>") and "Seed: 0" in parameters
+    assert (tmp_path / "root" / "my-star" / "learned_embeds.safetensors").is_file()
 
 
 def test_generate_with_an_uploaded_concept_file(tmp_path):

@@ -68,8 +68,15 @@ def build(ctx: UiContext, trained: list) -> None:
                 steps = gr.Number(value=recipe.num_inference_steps, precision=0, minimum=1, label="Steps")
                 guidance = gr.Number(value=recipe.guidance_scale, label="Guidance")
         with gr.Column(scale=1):
+            # Custom values: an API client names concepts trained after this page was built; unknown ones are
+            # refused by concept_folder with one line.
             concepts = gr.Dropdown(
-                choices=concept_choices(ctx), value=[], multiselect=True, label="Concepts", elem_id="gen-concepts"
+                choices=concept_choices(ctx),
+                value=[],
+                multiselect=True,
+                allow_custom_value=True,
+                label="Concepts",
+                elem_id="gen-concepts",
             )
             refresh = gr.Button("Refresh concepts", size="sm")
             files = gr.File(

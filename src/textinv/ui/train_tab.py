@@ -66,14 +66,14 @@ def preview(files: list[str] | None) -> tuple[list[str], str]:
     return [str(p) for p in uploads.images], uploads.summary() if files else ""
 
 
-def _updates(ctx: UiContext, status, command: str | None = None) -> tuple:
+def _updates(status, command: str) -> tuple:
     file = str(status.embedding_path) if status.embedding_path and status.embedding_path.is_file() else None
     return (
         render.progress_html(status),
         render.loss_frame(status),
         [str(p) for p in status.validation],
         file,
-        command if command is not None else gr.update(),
+        command,
         render.status_text(status),
     )
 
@@ -81,11 +81,11 @@ def _updates(ctx: UiContext, status, command: str | None = None) -> tuple:
 def _follow(ctx: UiContext, command: str):
     """Yield the page's updates until the run ends; a failed run ends as an error (for API clients too)."""
     status = ctx.worker.poll()
-    yield _updates(ctx, status, command)
+    yield _updates(status, command)
     while status.active:
         time.sleep(POLL_SECONDS)
         status = ctx.worker.poll()
-        yield _updates(ctx, status)
+        yield _updates(status, command)
     if status.state == "failed":
         raise gr.Error(status.error or "training failed", print_exception=False)
 
