@@ -84,7 +84,9 @@ def build(ctx: UiContext, trained: list) -> None:
                 file_count="multiple",
             )
     button = gr.Button("Generate", variant="primary", elem_id="gen-button")
-    gallery = gr.Gallery(label="Images", columns=8, height=260, object_fit="contain", elem_id="gen-gallery", format="png")
+    gallery = gr.Gallery(
+        label="Images", columns=8, height=260, object_fit="contain", elem_id="gen-gallery", format="png"
+    )
     downloads = gr.File(label="Download (PNG with `parameters` metadata)", elem_id="gen-downloads")
     inputs = [prompt, num_images, seed, negative, steps, guidance, concepts, files]
     button.click(functools.partial(generate, ctx), inputs, [gallery, downloads], api_name="generate")
