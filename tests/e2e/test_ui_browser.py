@@ -30,7 +30,11 @@ def _shot(page, name: str) -> None:
     folder = os.environ.get("TEXTINV_UI_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"ui-{name}.png"), full_page=True)
+        path = Path(folder) / f"ui-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        with Image.open(path) as shot:  # 256 colours: a page's flat colours survive, the file is a third
+            small = shot.convert("RGB").quantize(256)
+        small.save(path, optimize=True)
 
 
 def _train(page) -> None:

@@ -35,6 +35,15 @@ def test_lists_finished_concepts_with_token_family_vectors_model_and_last_valida
     assert list_concepts(tmp_path / "missing") == []
 
 
+def test_the_toy_model_is_listed_by_name_not_install_path(tmp_path):
+    from textinv.models import resolve_model_source
+
+    folder = _concept(tmp_path, "star", "<star>")
+    meta = {"textinv.base_model": resolve_model_source(None).path_or_id}
+    save_concept(folder, "<star>", torch.randn(1, 32), "object", meta)
+    assert list_concepts(tmp_path)[0].base_model == "textinv-toy"
+
+
 @pytest.mark.parametrize("label", list(EXPORTS))
 def test_export_writes_a_file_that_reads_back_as_the_same_vectors(tmp_path, label):
     folder = _concept(tmp_path / "root", "star", "<star>")

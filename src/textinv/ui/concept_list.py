@@ -41,6 +41,15 @@ def latest_validation(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(max(steps, key=lambda p: int(p.name[5:])).glob("*.png")))
 
 
+def _model_name(base_model: str) -> str:
+    """The embedded toy model is recorded by its install path; the list says what it is."""
+    from textinv.models import resolve_model_source, toy_model_available
+
+    if base_model and toy_model_available() and base_model == resolve_model_source(None).path_or_id:
+        return "textinv-toy"
+    return base_model
+
+
 def list_concepts(output_root: Path) -> list[ConceptInfo]:
     """Every finished training under `output_root` (a folder with learned_embeds.safetensors), by name."""
     root = Path(output_root)
@@ -57,7 +66,7 @@ def list_concepts(output_root: Path) -> list[ConceptInfo]:
                 token=emb.token,
                 family=emb.family,
                 num_vectors=emb.num_vectors,
-                base_model=meta.get("textinv.base_model", ""),
+                base_model=_model_name(meta.get("textinv.base_model", "")),
                 learnable_property=meta.get("textinv.learnable_property", meta.get("type_of_concept", "")),
                 step=meta.get("textinv.step", ""),
                 validation=latest_validation(folder),
