@@ -35,7 +35,7 @@ def apply_lever(name: str, unet, text_encoder) -> None:
     if name == "speedups":  # whatever textinv.speed keeps today
         from textinv.speed import apply_speedups
 
-        apply_speedups(unet, text_encoder, torch.device("cpu"))
+        apply_speedups(unet)
     if name in ("channels_last", "compile_channels_last"):
         unet.to(memory_format=torch.channels_last)
     if name in ("compile", "compile_channels_last"):

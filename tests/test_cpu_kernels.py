@@ -426,10 +426,10 @@ def test_pick_cpu_matmul_falls_back_to_blas_when_onednn_cannot_run(monkeypatch, 
 
 def _kernels_seen_by_training(monkeypatch) -> list[tuple[str, bool]]:
     """Note, for every training step's loss, whether oneDNN convolutions were on in its forward and backward."""
-    import textinv.train
+    import textinv.backends.pytorch as backend
 
     seen = []
-    real_loss = textinv.train._diffusion_loss
+    real_loss = backend.diffusion_loss
 
     def loss_noting_kernels(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
@@ -437,7 +437,7 @@ def _kernels_seen_by_training(monkeypatch) -> list[tuple[str, bool]]:
         loss.register_hook(lambda g: seen.append(("backward", torch._C._get_mkldnn_enabled())))
         return loss
 
-    monkeypatch.setattr(textinv.train, "_diffusion_loss", loss_noting_kernels)
+    monkeypatch.setattr(backend, "diffusion_loss", loss_noting_kernels)
     return seen
 
 
@@ -451,8 +451,6 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
 
     from helpers import run_cli, train_args
 
-    import textinv.train
-
     picks, routed = [], []
     caplog.set_level(logging.INFO, logger="textinv")
 
@@ -465,13 +463,13 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     apply = cpu_kernels._ConvOn.apply
     monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
     seen = _kernels_seen_by_training(monkeypatch)
-    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
-    monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)  # and their UNet far smaller than SD's
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 2)  # the tiny runs here are shorter than the default
+    monkeypatch.setattr(speed, "LEAN_MIN_UNET_PARAMS", 0)  # and their UNet far smaller than SD's
     geglu_calls = []
     geglu = speed._GEGLU.apply
     monkeypatch.setattr(speed._GEGLU, "apply", lambda *a: geglu_calls.append(1) or geglu(*a))
-    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_planned)
-    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda calls: ("blas", {}))  # its own test below
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", pick_planned)
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_matmul", lambda calls: ("blas", {}))  # its own test below
     out = tmp_path / "auto"
     assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
     assert picks == ["timed"]
@@ -483,7 +481,8 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert set(routed) == {("onednn", "onednn"), ("native", "native")}
     assert geglu_calls  # an SD-sized UNet's GEGLUs keep less too
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
-    assert state["cpu_conv"] == "native" and list(state["cpu_conv_shapes"].values()) == ["onednn"]
+    plan = state["kernel_plan"]
+    assert plan["cpu_conv"] == "native" and list(plan["cpu_conv_shapes"].values()) == ["onednn"]
 
     seen.clear(), routed.clear()
     resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
@@ -498,7 +497,7 @@ def test_cpu_conv_auto_plans_from_the_steps_calls_records_the_plan_and_resume_ke
     assert set(routed) == {("onednn", "onednn")}
 
     seen.clear()  # a run too short to win back the timing keeps oneDNN without timing
-    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 20)
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 20)
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "short", steps=1)) == 0
     assert picks == ["timed"] and seen == [("forward", True), ("backward", True)]
 
@@ -516,16 +515,14 @@ def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_pat
     """Three steps with every convolution shape moved to other kernels learn the rows all-native learns."""
     from helpers import learned, run_cli, train_args
 
-    import textinv.train
-
     def pick_all_moved(calls):
         return ConvPlan("native", {c.key: moved_to for c in calls if c.op == "conv2d"}), {}
 
     ran = Counter()
     for name in ("_gemm_conv", "_gemm_conv_input_grad"):
         monkeypatch.setattr(cpu_kernels, name, _counted(ran, name, getattr(cpu_kernels, name)))
-    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
-    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick_all_moved)
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", pick_all_moved)
     rows = {}
     for name, flags in (("planned", ["--cpu_matmul", "blas"]), ("native", ["--cpu_conv", "native"])):
         assert run_cli(train_args(sd1_model, concept_dir, tmp_path / name, *flags, steps=3)) == 0
@@ -544,8 +541,6 @@ def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
 
     from helpers import learned, run_cli, train_args
 
-    import textinv.train
-
     picks, gemm_calls = [], []
     gemm = cpu_kernels._onednn_gemm
     monkeypatch.setattr(cpu_kernels, "_onednn_gemm", lambda *a: gemm_calls.append(1) or gemm(*a))
@@ -555,13 +550,14 @@ def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
         picks.append("timed")
         return "onednn", {"blas": 2.0, "onednn": 1.0}
 
-    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
-    monkeypatch.setattr(textinv.train, "pick_cpu_conv", lambda calls: (ConvPlan("onednn"), {}))
-    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", pick_onednn)
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", lambda calls: (ConvPlan("onednn"), {}))
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_matmul", pick_onednn)
     out = tmp_path / "auto"
     assert run_cli(train_args(sd1_model, concept_dir, out, "--checkpointing_steps", "2", steps=2)) == 0
     assert picks == ["timed"] and gemm_calls
-    assert json.loads((out / "checkpoint-2" / "training_state.json").read_text())["cpu_matmul"] == "onednn"
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert state["kernel_plan"]["cpu_matmul"] == "onednn"
     gemm_calls.clear()
     resume = ["--resume_from_checkpoint", "latest", "--checkpointing_steps", "2"]
     assert run_cli(train_args(sd1_model, concept_dir, out, *resume, steps=3)) == 0
@@ -582,7 +578,6 @@ def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch)
     """A GPU run records no kernel choice; resuming its checkpoint on a CPU with `auto` then times both sets."""
     from types import SimpleNamespace
 
-    import textinv.train
     from textinv.checkpoint import TrainingState
     from textinv.config import TrainConfig
 
@@ -592,34 +587,34 @@ def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch)
         timed.append(calls)
         return ConvPlan("native"), {"onednn": 2.0, "native": 1.0, "per shape": 1.0}
 
-    monkeypatch.setattr(textinv.train, "pick_cpu_conv", pick)
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", pick)
     cfg = TrainConfig(cpu_conv="auto")
     gpu = SimpleNamespace(device=torch.device("cuda"))
-    plan = textinv.train._choose_cpu_conv(cfg, gpu, None, 100, kernel_calls=None)
+    plan = cpu_kernels._choose_cpu_conv(cfg, gpu, None, 100, calls=None)
     assert plan == ConvPlan("")
     with cpu_conv_kernels(plan):  # a no-op: oneDNN stays on
         assert torch._C._get_mkldnn_enabled()
-    gpu_state = TrainingState(0, 0, "<t>", 1, 8, 0, "m", cpu_conv=plan.kernels, cpu_conv_shapes=plan.shapes)
+    gpu_state = TrainingState(0, 0, "<t>", 1, [8], 0, "m", kernel_plan=cpu_kernels.KernelPlan(plan).to_state())
+    prior = cpu_kernels.KernelPlan.from_state(gpu_state.kernel_plan)
     cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
-    assert textinv.train._choose_cpu_conv(cfg, cpu, gpu_state, 100, kernel_calls=lambda: "calls") == ConvPlan("native")
+    assert cpu_kernels._choose_cpu_conv(cfg, cpu, prior, 100, calls=lambda: "calls") == ConvPlan("native")
     assert timed == ["calls"]
 
 
 def test_a_compiled_or_checkpointed_run_keeps_the_main_convolution_kernels_only(monkeypatch):
     from types import SimpleNamespace
 
-    import textinv.train
     from textinv.config import TrainConfig
 
     plan = ConvPlan("native", {"[1, 8, 4, 4] [8, 8, 3, 3] [1, 1, 1, 1]": "onednn"})
     seconds = {"onednn": 2.0, "native": 1.0, "per shape": 0.9}
-    monkeypatch.setattr(textinv.train, "pick_cpu_conv", lambda calls: (plan, seconds))
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", lambda calls: (plan, seconds))
     cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
-    assert textinv.train._choose_cpu_conv(TrainConfig(), cpu, None, 100, lambda: None) == plan
+    assert cpu_kernels._choose_cpu_conv(TrainConfig(), cpu, None, 100, lambda: None) == plan
     compiled = TrainConfig(torch_compile="default")
-    assert textinv.train._choose_cpu_conv(compiled, cpu, None, 100, lambda: None) == ConvPlan("native")
+    assert cpu_kernels._choose_cpu_conv(compiled, cpu, None, 100, lambda: None) == ConvPlan("native")
     checkpointed = TrainConfig(gradient_checkpointing=True)
-    assert textinv.train._choose_cpu_conv(checkpointed, cpu, None, 100, lambda: None) == ConvPlan("native")
+    assert cpu_kernels._choose_cpu_conv(checkpointed, cpu, None, 100, lambda: None) == ConvPlan("native")
 
 
 def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
@@ -633,30 +628,31 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
 
     from helpers import run_cli, train_args
 
-    import textinv.train
     from textinv.checkpoint import TrainingState
     from textinv.config import TrainConfig
 
     routed, matmul_picks = [], []
     apply = cpu_kernels._ConvOn.apply
     monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
-    monkeypatch.setattr(textinv.train, "AUTO_MIN_STEPS", 2)
-    monkeypatch.setattr(textinv.train, "LEAN_MIN_UNET_PARAMS", 0)
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(speed, "LEAN_MIN_UNET_PARAMS", 0)
     monkeypatch.setattr(
-        textinv.train, "pick_cpu_conv", lambda calls: (ConvPlan("native", {c.key: "onednn" for c in calls}), {})
+        cpu_kernels, "pick_cpu_conv", lambda calls: (ConvPlan("native", {c.key: "onednn" for c in calls}), {})
     )
-    monkeypatch.setattr(textinv.train, "pick_cpu_matmul", lambda calls: matmul_picks.append(1) or ("onednn", {}))
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_matmul", lambda calls: matmul_picks.append(1) or ("onednn", {}))
     out = tmp_path / "checkpointed"
     flags = ("--gradient_checkpointing", "--checkpointing_steps", "2")
     assert run_cli(train_args(sd1_model, concept_dir, out, *flags, steps=2)) == 0
     assert not routed and not matmul_picks
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
-    assert (state["cpu_conv"], state["cpu_conv_shapes"], state["cpu_matmul"]) == ("native", {}, "blas")
+    plan = state["kernel_plan"]
+    assert (plan["cpu_conv"], plan["cpu_conv_shapes"], plan["cpu_matmul"]) == ("native", {}, "blas")
 
     cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
-    resumed = TrainingState(0, 0, "<t>", 1, 8, 0, "m", cpu_matmul="onednn")
+    resumed = TrainingState(0, 0, "<t>", 1, [8], 0, "m", kernel_plan={"cpu_matmul": "onednn"})
     cfg = TrainConfig(gradient_checkpointing=True)
-    assert textinv.train._choose_cpu_matmul(cfg, cpu, resumed.cpu_matmul, 100, lambda: None) == "blas"
+    matmul = cpu_kernels.KernelPlan.from_state(resumed.kernel_plan).matmul
+    assert cpu_kernels._choose_cpu_matmul(cfg, cpu, matmul, 100, lambda: None) == "blas"
 
     capsys.readouterr()
     flags = ("--gradient_checkpointing", "--cpu_matmul", "onednn")
@@ -666,23 +662,26 @@ def test_gradient_checkpointing_trains_on_the_main_kernels_without_routes(
 
 
 def test_only_sd_sized_cpu_training_without_compile_or_checkpointing_drops_the_convolution_inputs():
-    from textinv.config import TrainConfig
-    from textinv.train import _keeps_convolution_inputs
+    from types import SimpleNamespace
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not _keeps_convolution_inputs(TrainConfig(), cpu, sd_sized=True)
-    assert _keeps_convolution_inputs(TrainConfig(), cpu, sd_sized=False)  # the toy model: the route costs more
-    assert _keeps_convolution_inputs(TrainConfig(), gpu, sd_sized=True)
-    assert _keeps_convolution_inputs(TrainConfig(torch_compile="default"), cpu, sd_sized=True)
-    assert _keeps_convolution_inputs(TrainConfig(gradient_checkpointing=True), cpu, sd_sized=True)
+    from textinv.config import TrainConfig
+
+    def keeps(cfg, device, sd_sized):
+        accelerator = SimpleNamespace(device=torch.device(device), num_processes=1, is_main_process=True)
+        cfg.cpu_conv, cfg.cpu_matmul = "onednn", "blas"  # explicit: nothing is timed
+        return cpu_kernels.plan_cpu_kernels(cfg, accelerator, None, 100, None, sd_sized=sd_sized).keep_conv_inputs
+
+    assert not keeps(TrainConfig(), "cpu", sd_sized=True)
+    assert keeps(TrainConfig(), "cpu", sd_sized=False)  # the toy model: the route costs more
+    assert keeps(TrainConfig(), "cuda", sd_sized=True)
+    assert keeps(TrainConfig(torch_compile="default"), "cpu", sd_sized=True)
+    assert keeps(TrainConfig(gradient_checkpointing=True), "cpu", sd_sized=True)
 
 
 def test_cpu_matmul_onednn_without_onednn_is_a_one_line_error(sd1_model, concept_dir, tmp_path, monkeypatch, capsys):
     from helpers import run_cli, train_args
 
-    import textinv.train
-
-    monkeypatch.setattr(textinv.train, "onednn_linear_available", lambda: False)
+    monkeypatch.setattr(cpu_kernels, "onednn_linear_available", lambda: False)
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "o", "--cpu_matmul", "onednn", steps=1)) == 2
     err = capsys.readouterr().err.strip()
     assert "--cpu_matmul onednn" in err and "use --cpu_matmul blas" in err and "\n" not in err, err

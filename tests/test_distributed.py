@@ -48,12 +48,19 @@ def test_two_processes_match_one_and_checkpoints_cross_over(sd1_model, concept_d
 
 def test_two_processes_share_the_timed_cpu_convolution_choice(sd1_model, concept_dir, tmp_path):
     """With `--cpu_conv auto` only the main process times the kernels and the others wait for its choice
-    (a broadcast over gloo): the run completes, times once and records the choice in its checkpoints."""
+    (a broadcast over gloo): the run completes, times once, every process runs the same plan, and the
+    checkpoints record it."""
     import json
+    import re
 
     out = tmp_path / "auto"
-    proc = _launch(2, _args(sd1_model, concept_dir, out, 1, 20, "--cpu_conv", "auto"))
+    proc = _launch(2, _args(sd1_model, concept_dir, out, 1, 20, "--cpu_conv", "auto", "--debug"))
     assert proc.stderr.count("CPU convolutions, one step's calls:") == 1, proc.stderr[-3000:]
+    plans = dict(re.findall(r"CPU kernel plan of process (\d): (\{.*\})", proc.stderr))
+    assert set(plans) == {"0", "1"}, proc.stderr[-3000:]
+    assert plans["0"] == plans["1"]
+    chosen = re.search(r"convolutions, one step's calls: .*; using (\w+)", proc.stderr).group(1)
     state = json.loads((out / "checkpoint-20" / "training_state.json").read_text())
-    assert state["cpu_conv"] in ("onednn", "native")
+    assert state["kernel_plan"] == json.loads(plans["0"])
+    assert state["kernel_plan"]["cpu_conv"] == chosen
     assert learned(out)["<cat-toy>"].isfinite().all()

@@ -24,14 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from textinv.embeddings import (
     Embedding,
-    describe_family,
-    family_of_dims,
     read_embedding,
     save_a1111_embedding,
     save_diffusers_embedding,
     write_embedding,
 )
 from textinv.errors import TextinvError
+from textinv.families import describe_family, family_of_dims
 
 # ------------------------------------------------------------------------------------------------
 # AUTOMATIC1111's safe-unpickle gate, restated: archive members and pickle globals it allows.

@@ -134,9 +134,11 @@ def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tm
     assert "2.10× (2.05–2.15)" in capsys.readouterr().out
 
 
-def test_rounds_must_be_positive(train_speed):
-    with pytest.raises(SystemExit):
+def test_rounds_must_be_positive(train_speed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         train_speed.parse_args(["--rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err
 
 
 def test_torchvision_shim_reaches_only_the_timed_script(tmp_path):
@@ -335,11 +337,11 @@ def test_apply_speedups_patches_every_geglu_of_the_unet_when_lean_and_not_compil
     def patched(model):
         return sum("forward" in m.__dict__ for m in model.modules() if type(m).__name__ == "GEGLU")
 
-    apply_speedups(unet, None, torch.device("cpu"))
+    apply_speedups(unet)
     assert count > 0 and patched(unet) == count
     small = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
-    apply_speedups(small, None, torch.device("cpu"), lean=False)  # what training passes for a toy-sized UNet
+    apply_speedups(small, lean=False)  # what training passes for a toy-sized UNet
     assert patched(small) == 0
     compiled = UNet2DConditionModel.from_pretrained(sd1_model, subfolder="unet")
-    apply_speedups(compiled, None, torch.device("cpu"), compile_mode="default")  # compiles lazily, at the first call
+    apply_speedups(compiled, compile_mode="default")  # compiles lazily, at the first call
     assert patched(compiled) == 0  # a compiled graph plans what its backward keeps itself

@@ -251,7 +251,7 @@ def test_min_snr_weights_are_finite_on_a_zero_terminal_snr_schedule():
     """SNR = 0 at the last timestep: ε-weights tend to 1 and v-weights to 0 there, never 0/0."""
     from diffusers import DDIMScheduler
 
-    from textinv.train import min_snr_weights
+    from textinv.backends.pytorch import min_snr_weights
 
     sched = DDIMScheduler(rescale_betas_zero_snr=True, beta_schedule="scaled_linear", prediction_type="v_prediction")
     t = torch.tensor([0, 500, 999])

@@ -105,9 +105,9 @@ def test_interrupted_output_dir_is_not_restarted_silently(sd1_model, concept_dir
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir, tmp_path, capsys, monkeypatch):
-    import textinv.train as train_mod
+    import textinv.backends.pytorch as backend
 
-    real = train_mod._diffusion_loss
+    real = backend.diffusion_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -115,7 +115,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(train_mod, "_diffusion_loss", poisoned)
+    monkeypatch.setattr(backend, "diffusion_loss", poisoned)
     out = tmp_path / "nan"
     line = _fails(
         capsys,
@@ -135,11 +135,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_embedding(sd1_model, concept_dir
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains_with_fp32_rows(sd1_model, concept_dir, tmp_path, precision):
+def test_mixed_precision_runs_the_frozen_weights_in_half_and_trains_fp32_rows(
+    sd1_model, concept_dir, tmp_path, precision, monkeypatch
+):
     from helpers import learned
 
+    import textinv.backends.pytorch as backend
+
+    real, seen = backend.diffusion_loss, []
+
+    def noting_dtypes(draws, posteriors, prompt_ids, family, unet, *a, **k):
+        encoder_weight = next(p for n, p in family.text_encoders[0].named_parameters() if "fc1" in n)
+        seen.append((unet.conv_in.weight.dtype, encoder_weight.dtype, family.rows[0].dtype))
+        return real(draws, posteriors, prompt_ids, family, unet, *a, **k)
+
+    monkeypatch.setattr(backend, "diffusion_loss", noting_dtypes)
     out = tmp_path / precision
     assert run_cli(train_args(sd1_model, concept_dir, out, "--mixed_precision", precision, steps=2)) == 0
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert seen and set(seen) == {(half, half, torch.float32)}
     rows = learned(out)["<cat-toy>"]
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
 
@@ -204,7 +218,7 @@ def test_sdxl_model_is_refused_for_training(concept_dir, tmp_path, capsys):
 
     model = tmp_path / "tiny-sdxl"
     _tiny_sdxl_pipeline().save_pretrained(model)
-    _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "SDXL model", "SD 1.x/2.x")
+    _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "sdxl (32+48)", "SD 1.x/2.x")
 
 
 def test_resuming_a_checkpoint_of_another_model_family_is_refused(sd1_model, concept_dir, tmp_path, capsys):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import learned, run_cli, run_subprocess, train_args
 from PIL import Image
+from safetensors.torch import load_file
 
 from textinv.data import load_concept_images, to_rgb
 
@@ -158,13 +160,87 @@ def test_diffusers_example_test_command_runs_unchanged(sd1_model, tmp_path):
     assert learned(out)["<cat-toy>"].shape == (2, 32)
 
 
-def test_gradient_accumulation_and_checkpointing_flags_train(sd1_model, concept_dir, tmp_path):
-    extra = ["--gradient_accumulation_steps", "2", "--gradient_checkpointing", "--center_crop"]
-    extra += ["--learnable_property", "style", "--lr_scheduler", "cosine", "--no_safe_serialization"]
-    extra += ["--save_steps", "1"]
+def test_two_accumulated_micro_batches_of_one_learn_what_one_batch_of_two_learns(sd1_model, concept_dir, tmp_path):
+    """Accumulation draws the same samples as the larger batch and averages the same gradients."""
+    rows = {}
+    for name, flags in (("accum", ["--train_batch_size", "1", "--gradient_accumulation_steps", "2"]), ("batch", [])):
+        assert run_cli(train_args(sd1_model, concept_dir, tmp_path / name, *flags, steps=3)) == 0
+        rows[name] = learned(tmp_path / name)["<cat-toy>"]
+    init = _initializer_row(sd1_model)
+    assert not torch.allclose(rows["batch"], init)
+    torch.testing.assert_close(rows["accum"], rows["batch"], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_learns_what_the_plain_backward_learns(sd1_model, concept_dir, tmp_path):
+    rows = {}
+    for name, flags in (("checkpointed", ["--gradient_checkpointing"]), ("plain", [])):
+        assert run_cli(train_args(sd1_model, concept_dir, tmp_path / name, *flags, steps=2)) == 0
+        rows[name] = learned(tmp_path / name)["<cat-toy>"]
+    torch.testing.assert_close(rows["checkpointed"], rows["plain"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"])
+def test_the_lr_of_every_step_is_diffusers_schedule(sd1_model, concept_dir, tmp_path, schedule):
+    from diffusers.optimization import get_scheduler
+
+    from textinv.config import build_config
+    from textinv.progress import StepDone
+    from textinv.train import train
+
+    steps, warmup, lr = 6, 2, 5e-3
+    flags = {"lr_scheduler": schedule, "lr_warmup_steps": warmup, "lr_num_cycles": 2}
+    cfg = build_config(_config_of(sd1_model, concept_dir, tmp_path / schedule, steps, lr, **flags))
+    seen = []
+    train(cfg, subscribers=[lambda e: seen.append(e.lr) if isinstance(e, StepDone) else None])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    expected = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps, num_cycles=2)
+    want = []
+    for _ in range(steps):
+        optimizer.step()
+        expected.step()
+        want.append(expected.get_last_lr()[0])
+    assert seen == pytest.approx(want, rel=1e-12)
+    assert len(set(seen)) > 2  # the schedule really moves
+
+
+def test_center_crop_takes_the_middle_square_and_style_uses_style_templates(tmp_path):
+    from textinv.data import STYLE_TEMPLATES, preprocess, templates_for
+
+    image = Image.new("RGB", (30, 10), (0, 0, 255))
+    image.paste((255, 0, 0), (10, 0, 20, 10))  # the middle square is red, the sides blue
+    cropped = preprocess(image, 8, center_crop=True, flip=False)
+    squashed = preprocess(image, 8, center_crop=False, flip=False)
+    assert (cropped[0] > 0.9).all() and (cropped[2] < -0.9).all()  # all red
+    assert (squashed[2, :, 0] > 0.9).all()  # the left edge stays blue when the whole image is resized
+    assert templates_for("style") is STYLE_TEMPLATES
+
+
+def test_save_steps_writes_bin_copies_with_no_safe_serialization(sd1_model, concept_dir, tmp_path):
+    extra = ["--learnable_property", "style", "--no_safe_serialization", "--save_steps", "1"]
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "ga", *extra, steps=2)) == 0
     assert (tmp_path / "ga" / "type_of_concept.txt").read_text() == "style"
-    assert torch.load(tmp_path / "ga" / "learned_embeds-steps-1.bin", weights_only=True)["<cat-toy>"].shape == (1, 32)
+    step1 = torch.load(tmp_path / "ga" / "learned_embeds-steps-1.bin", weights_only=True)["<cat-toy>"]
+    step2 = torch.load(tmp_path / "ga" / "learned_embeds-steps-2.bin", weights_only=True)["<cat-toy>"]
+    assert step1.shape == (1, 32) and not torch.equal(step1, step2)
+    assert torch.equal(step2, learned(tmp_path / "ga")["<cat-toy>"])
+    assert not (tmp_path / "ga" / "learned_embeds-steps-1.safetensors").exists()
+
+
+def _initializer_row(model: Path) -> torch.Tensor:
+    from transformers import CLIPTokenizer
+
+    token_id = CLIPTokenizer.from_pretrained(model / "tokenizer").encode("toy", add_special_tokens=False)[0]
+    weights = load_file(str(next((model / "text_encoder").glob("*.safetensors"))))
+    return next(w for k, w in weights.items() if k.endswith("token_embedding.weight"))[token_id].unsqueeze(0)
+
+
+def _config_of(model: Path, data: Path, out: Path, steps: int, lr: float, **flags) -> dict:
+    """The settings `train_args` gives, as a config dict."""
+    return {
+        "pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "placeholder_token": "<cat-toy>",
+        "initializer_token": "toy", "resolution": 32, "train_batch_size": 2, "max_train_steps": steps,
+        "learning_rate": lr, "seed": 0, "report_to": "none", "output_dir": str(out), **flags,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

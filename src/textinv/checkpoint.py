@@ -1,6 +1,7 @@
 """Resumable training state: `checkpoint-N/` folders written atomically, found, pruned and loaded.
 
-A checkpoint holds the trainable rows, the optimizer and LR-scheduler state and the sampling counter.
+A checkpoint holds the trainable rows, the backend's payload (optimizer and LR-scheduler state) and the
+sampling counter.
 Sampling is counter-based (see `data.SampleStream`), so the counter and the seed *are* the RNG state:
 a resumed run draws exactly what the uninterrupted run would have drawn.
 We write our own small state rather than `accelerator.save_state`, which would store the whole
@@ -14,6 +15,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,8 +26,6 @@ from textinv.errors import TextinvError
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_JSON = "training_state.json"
 ROWS_FILE = "learned_rows.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-SCHEDULER_FILE = "scheduler.pt"
 
 
 @dataclass
@@ -36,34 +36,47 @@ class TrainingState:
     seed: int
     placeholder_token: str
     num_vectors: int
-    embedding_dim: int
+    embedding_dims: list[int]  # one width per text encoder that learns rows
     samples_seen: int
     base_model: str
-    # The CPU convolution kernels `--cpu_conv auto` chose, so a resumed run keeps them ("" if none),
-    # and the shapes that run on the other kernels (`cpu_kernels.ConvPlan`).
-    cpu_conv: str = ""
-    cpu_conv_shapes: dict[str, str] = field(default_factory=dict)
-    # Likewise the matrix-product kernels of `--cpu_matmul auto`.
-    cpu_matmul: str = ""
+    backend: str = "torch"
+    # The backend's CPU kernel plan (`cpu_kernels.KernelPlan.to_state()`), so a resumed run keeps the same kernels.
+    kernel_plan: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingState:
+        """Read a state, including those of checkpoints written before the kernel plan and families were fields."""
+        data = dict(data)
+        if "embedding_dim" in data:
+            data["embedding_dims"] = [data.pop("embedding_dim")]
+        old_plan = {k: data.pop(k) for k in ("cpu_conv", "cpu_conv_shapes", "cpu_matmul") if k in data}
+        data.setdefault("kernel_plan", old_plan)
+        return cls(**data)
 
 
 def save_checkpoint(
-    output_dir: Path, state: TrainingState, rows: torch.Tensor, optimizer, lr_scheduler, limit: int | None
+    output_dir: Path, state: TrainingState, rows: list[torch.Tensor], write_payload, limit: int | None
 ) -> Path:
-    """Write `checkpoint-<step>/` atomically, then prune the oldest beyond `limit`.
+    """Write `checkpoint-<step>/` atomically (the backend adds its payload: `write_payload(folder)`), then prune
+    the oldest beyond `limit`.
 
     Pruning runs after the new checkpoint is complete, so a crash never leaves fewer good checkpoints.
     """
     target = Path(output_dir) / f"checkpoint-{state.global_step}"
     with atomic_dir(target) as tmp:
-        save_file({"rows": rows.detach().to("cpu", torch.float32).contiguous()}, str(tmp / ROWS_FILE))
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save(lr_scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        tensors = {_rows_key(i): r.detach().to("cpu", torch.float32).contiguous() for i, r in enumerate(rows)}
+        save_file(tensors, str(tmp / ROWS_FILE))
+        write_payload(tmp)
         (tmp / STATE_JSON).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
     if limit is not None:
         for old in list_checkpoints(output_dir)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _rows_key(index: int) -> str:
+    """`rows` for the first text encoder's rows (as checkpoints always had), `rows_2`... for the next ones."""
+    return "rows" if index == 0 else f"rows_{index + 1}"
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -106,22 +119,20 @@ def resolve_resume(output_dir: Path, resume: str) -> Path | None:
 
 @dataclass
 class LoadedCheckpoint:
+    path: Path
     state: TrainingState
-    rows: torch.Tensor
-    optimizer_state: dict
-    scheduler_state: dict
+    rows: list[torch.Tensor]
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
-    """Read a checkpoint with safe loaders only (safetensors, torch.load(weights_only=True))."""
+    """Read a checkpoint's state and rows with safe loaders only; the backend reads its own payload."""
     path = Path(path)
     try:
-        state = TrainingState(**json.loads((path / STATE_JSON).read_text(encoding="utf-8")))
-        rows = load_file(str(path / ROWS_FILE))["rows"]
-        opt = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        sched = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
+        state = TrainingState.from_json(json.loads((path / STATE_JSON).read_text(encoding="utf-8")))
+        tensors = load_file(str(path / ROWS_FILE))
+        rows = [tensors[_rows_key(i)] for i in range(len(state.embedding_dims))]
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise TextinvError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}); resume from an earlier checkpoint-N"
         ) from exc
-    return LoadedCheckpoint(state=state, rows=rows, optimizer_state=opt, scheduler_state=sched)
+    return LoadedCheckpoint(path=path, state=state, rows=rows)

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
     if not debug:
         quiet_libraries()
+    args.argv = argv  # what the user typed, for hints that repeat it (e.g. how to continue a stopped run)
     try:
         return int(args.func(args) or 0)
     except TextinvError as exc:

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
-from textinv.embeddings import Embedding, describe_family, read_embedding
+from textinv.embeddings import Embedding, read_embedding
 from textinv.errors import TextinvError
+from textinv.families import describe_family, pipeline_dims, text_encoder_pairs
+from textinv.models import looks_like_hub_id
 
 
 def resolve_concept(source: str | os.PathLike, token: str | None = None) -> Embedding:
@@ -27,8 +29,7 @@ def _local_concept_path(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_repo:
+    if not looks_like_hub_id(source):
         raise TextinvError(f"concept {source!r} not found: no such file or folder")
     from huggingface_hub import snapshot_download
 
@@ -40,21 +41,6 @@ def _local_concept_path(source: str) -> Path:
             f"concept {source!r} is neither a local path nor a hub repo in the local cache; "
             f"download it first (`hf download {source}`) or pass a file or folder"
         ) from exc
-
-
-def text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
-    """(tokenizer, text_encoder) pairs of a pipeline: one for SD1/SD2, two for SDXL."""
-    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    if any(tok is None or enc is None for tok, enc in pairs):
-        raise TextinvError("this pipeline has no tokenizer/text encoder; use a Stable Diffusion pipeline")
-    return pairs
-
-
-def pipeline_dims(pipe: Any) -> tuple[int, ...]:
-    """Text-embedding width of each text encoder of `pipe` (768 for SD1, (768, 1280) for SDXL...)."""
-    return tuple(int(enc.get_input_embeddings().weight.shape[1]) for _, enc in text_encoders(pipe))
 
 
 def check_concept_fits(emb: Embedding, dims: tuple[int, ...], what: str = "the model") -> None:
@@ -77,7 +63,7 @@ def load_concept(pipe: Any, source: str | os.PathLike | Embedding, token: str | 
     emb = source if isinstance(source, Embedding) else resolve_concept(source, token)
     if token and emb.token != token:
         emb = replace(emb, token=token)
-    pairs = text_encoders(pipe)
+    pairs = text_encoder_pairs(pipe)
     check_concept_fits(emb, pipeline_dims(pipe))
     for vec in emb.vectors:
         if not torch.isfinite(vec).all():

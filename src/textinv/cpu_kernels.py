@@ -21,6 +21,7 @@ Millisecond timings with a best-of reading stay reliable on a shared, noisy mach
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections import Counter
@@ -518,3 +519,151 @@ def pick_cpu_matmul(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple
         return "blas", {}
     seconds = _step_seconds(linears, each)
     return ("onednn" if seconds["onednn"] < (1 - MIN_GAIN) * seconds["blas"] else "blas"), seconds
+
+
+# --- the run's plan ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelPlan:
+    """The CPU kernels a training run uses, chosen once (`plan_cpu_kernels`) and entered around each step.
+
+    `to_state()` is what a checkpoint stores (opaque to it), so a resumed run keeps the same kernels and
+    therefore the same rounding; `keep_conv_inputs` is derived from the run's settings and not stored.
+    """
+
+    conv: ConvPlan = field(default_factory=ConvPlan)
+    matmul: str = ""
+    keep_conv_inputs: bool = True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"cpu_conv": self.conv.kernels, "cpu_conv_shapes": dict(self.conv.shapes), "cpu_matmul": self.matmul}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> KernelPlan:
+        state = state or {}
+        return cls(
+            ConvPlan(state.get("cpu_conv", ""), dict(state.get("cpu_conv_shapes", {}))), state.get("cpu_matmul", "")
+        )
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Forward and backward of a step run inside this (PyTorch picks kernels in the backward too)."""
+        with cpu_conv_kernels(self.conv, keep_inputs=self.keep_conv_inputs), cpu_matmul_kernels(self.matmul):
+            yield
+
+
+def plan_cpu_kernels(
+    cfg, accelerator, resumed: dict[str, Any] | None, steps_left: int, record_forward, *, sd_sized: bool
+) -> KernelPlan:
+    """The run's CPU kernels: the user's flags, the resumed run's plan, or timed on one recorded forward.
+
+    `record_forward` runs one training forward; it is called at most once, and only when something is timed.
+    """
+    calls = _memo(lambda: record_kernel_calls(record_forward))
+    prior = KernelPlan.from_state(resumed) if resumed is not None else None
+    on_cpu = accelerator.device.type == "cpu"
+    plan = KernelPlan(
+        conv=_choose_cpu_conv(cfg, accelerator, prior, steps_left, calls),
+        matmul=_choose_cpu_matmul(cfg, accelerator, prior.matmul if prior else "", steps_left, calls),
+        # On the CPU every frozen convolution of an SD-sized UNet goes through `_ConvOn`, which keeps no input for
+        # the backward (70 MB off the SD-1.5 peak at 256 px, same speed). Not on GPUs, where a Python route per
+        # call costs launch time and saved nothing measurable (bench/RESULTS.md).
+        keep_conv_inputs=not routes_calls(cfg) or not on_cpu or not sd_sized,
+    )
+    log.debug(
+        "CPU kernel plan of process %d: %s", getattr(accelerator, "process_index", 0), json.dumps(plan.to_state())
+    )
+    return plan
+
+
+def _memo(make):
+    """A call made at most once, on first use."""
+    box: list[Any] = []
+    return lambda: box[0] if box else (box.append(make()) or box[0])
+
+
+def routes_calls(cfg) -> bool:
+    """Whether the training step may route frozen calls through Python modes: convolutions to `_ConvOn`
+    (per-shape kernels, no inputs kept), linear layers to oneDNN's GEMM.
+
+    The routes are a Python mode around each call: a compiled graph does not see it, and gradient
+    checkpointing's recomputation in the backward runs outside it, so its saved tensors would not match.
+    """
+    return cfg.torch_compile == "no" and not cfg.gradient_checkpointing
+
+
+def _choose_cpu_conv(cfg, accelerator, prior: KernelPlan | None, steps_left: int, calls) -> ConvPlan:
+    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`pick_cpu_conv`)."""
+    resumed = prior.conv if prior is not None and prior.conv.kernels else None  # "" when the run chose nothing
+    plan = _choose_cpu_kernels(
+        accelerator, cfg.cpu_conv, resumed, steps_left, calls,
+        pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
+    )  # fmt: skip
+    plan = ConvPlan(plan) if isinstance(plan, str) else plan
+    if not routes_calls(cfg) and plan.shapes:
+        flag = "--torch_compile" if cfg.torch_compile != "no" else "--gradient_checkpointing"
+        log.info("CPU convolutions: %s runs all of them on %s", flag, plan.kernels)
+        plan = ConvPlan(plan.kernels)
+    return plan
+
+
+def _choose_cpu_matmul(cfg, accelerator, resumed: str, steps_left: int, calls) -> str:
+    """The linear layers' CPU kernels, chosen as the convolutions' are (`pick_cpu_matmul`)."""
+    from textinv.errors import TextinvError
+
+    on_cpu = accelerator.device.type == "cpu"
+    if on_cpu and cfg.cpu_matmul == "onednn" and not onednn_linear_available():
+        raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
+    if on_cpu and cfg.cpu_matmul == "onednn" and cfg.gradient_checkpointing:
+        raise TextinvError(
+            "--cpu_matmul onednn does not combine with --gradient_checkpointing (its recomputed forward runs on "
+            "PyTorch's own kernels); use --cpu_matmul blas or auto"
+        )
+    # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN; under gradient
+    # checkpointing the oneDNN route (a Python mode, as the convolutions') would not match the recomputation.
+    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and routes_calls(cfg)
+    choice = _choose_cpu_kernels(
+        accelerator, cfg.cpu_matmul, resumed or None, steps_left, calls, pick_cpu_matmul,
+        default="blas", flag="--cpu_matmul", what="matrix products", worth_timing=worth_timing,
+    )  # fmt: skip
+    if choice == "onednn" and cfg.gradient_checkpointing:  # resumed from a run without it
+        log.info("CPU matrix products: --gradient_checkpointing runs them on BLAS")
+        choice = "blas"
+    return choice
+
+
+def _choose_cpu_kernels(
+    accelerator, given: str, resumed, steps_left: int, calls, pick, *,
+    default, flag: str, what: str, worth_timing: bool = True,
+):  # fmt: skip
+    """One CPU kernel switch's setting: the user's, the resumed run's (None if none), or `pick(calls())`.
+
+    Only the main process times; every process uses its choice, so they all run the same kernels.
+    """
+    if accelerator.device.type != "cpu":
+        # The switch only concerns CPU kernels. Nothing is chosen, so a checkpoint records no choice and a
+        # run that resumes it on a CPU with `auto` times the kernels there.
+        return ""
+    if given != "auto":
+        return given
+    if resumed is not None:
+        return resumed
+    if steps_left < AUTO_MIN_STEPS or not worth_timing:
+        return default  # too short to win the timing back, or nothing the switch would change
+    choice = [default]
+    if accelerator.is_main_process:
+        recorded = calls()  # the first call records a forward (and, on a cold start, reads the weights)
+        start = time.perf_counter()
+        choice[0], seconds = pick(recorded)
+        if seconds:
+            timings = ", ".join(f"{kernel_name(name)} {s:.2f} s" for name, s in seconds.items())
+            log.info(
+                "CPU %s, one step's calls: %s; using %s (%s sets it; timed in %.0f s)",
+                what, timings, choice[0], flag, time.perf_counter() - start,
+            )  # fmt: skip
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(choice)
+    return choice[0]

@@ -8,6 +8,7 @@ and identical whether its global batch is split over one process or several.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from textinv.errors import TextinvError
 
 log = logging.getLogger(__name__)
 
+# Image files by name, for listing a folder of pictures (training itself tries every file PIL can open).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # A caption lives beside its image as IMAGE.txt (kohya's and A1111's convention); never warned about as an image.
 CAPTION_SUFFIX = ".txt"
@@ -381,19 +383,14 @@ def training_prompts(
     return prompt_table(prompt_string, len(image_paths), learnable_property, templates, captions)
 
 
-def tokenize_prompt_table(tokenizer, table: list[list[str]]) -> torch.Tensor:
-    """Every training prompt tokenized once: [num_images, num_templates, max_length], indexed by the draws'
-    (image_idx, template_idx)."""
-    flat = [text for row in table for text in row]
-    too_long = [text for text in flat if len(tokenizer(text).input_ids) > tokenizer.model_max_length]
-    if too_long:
-        log.warning(
-            "%d training prompt(s) exceed %d tokens and are cut, e.g. %r; shorten the captions",
-            len(too_long),
-            tokenizer.model_max_length,
-            too_long[0][:80],
-        )
-    ids = tokenizer(
-        flat, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    return ids.view(len(table), len(table[0]), -1)
+def tokenize_prompt_table(
+    tokenize: Callable[[list[str]], tuple[torch.Tensor, ...]], table: list[list[str]]
+) -> tuple[torch.Tensor, ...]:
+    """Every training prompt tokenized once, per tokenizer (`tokenize` is a family's `tokenize`): [rows, templates, L].
+
+    rows is 1 when every image has the same prompts (no captions: exactly the shared [1, templates, L] table
+    of before), else one row per image, indexed by the draws' (image_idx, template_idx).
+    """
+    rows = table if any(row != table[0] for row in table) else table[:1]
+    flat = [text for row in rows for text in row]
+    return tuple(ids.view(len(rows), len(rows[0]), -1) for ids in tokenize(flat))

@@ -38,25 +38,21 @@ from safetensors.torch import save_file
 
 from textinv.atomic import write_atomic
 from textinv.errors import TextinvError
+from textinv.families import SDXL_ENCODER_KEYS, family_of_dims
+from textinv.layout import CONCEPT_TYPE_FILE, FOLDER_EMBEDDING_NAMES, TOKEN_FILE
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt")
-IMAGE_SUFFIXES = (".png", ".webp")
-READABLE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, *IMAGE_SUFFIXES)
+# Images that can carry an A1111 embedding (a text chunk, or the pixels' low bits).
+EMBEDDING_IMAGE_SUFFIXES = (".png", ".webp")
+READABLE_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, *EMBEDDING_IMAGE_SUFFIXES)
 WRITE_FORMATS = ("diffusers", "a1111")
 
-# Files a training output folder or a concepts-library folder holds, in order of preference.
-FOLDER_EMBEDDING_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
-TOKEN_FILE = "token_identifier.txt"
-TYPE_FILE = "type_of_concept.txt"
 
 A1111_SAFETENSORS_KEY = "emb_params"
 # A1111 writes this constant (CLIP's id of "*") in every .pt; readers ignore it, but keep the layout.
 A1111_STAR_TOKEN_ID = 265
-SDXL_KEYS = ("clip_l", "clip_g")
 IMAGE_TEXT_CHUNK = "sd-ti-embedding"
-
-FAMILY_BY_DIMS: dict[tuple[int, ...], str] = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
 
 # Members a torch zip archive may hold for AUTOMATIC1111's safe-unpickle gate (modules/safe.py):
 # `<dir>/data.pkl`, `<dir>/version`, `<dir>/data/<n>`. torch >= 2.1 adds byteorder,
@@ -106,16 +102,6 @@ class Embedding:
         return len(self.vectors) == 2
 
 
-def family_of_dims(dims: tuple[int, ...]) -> str:
-    """Model family a set of text-embedding widths belongs to: sd1, sd2, sdxl, else custom-<dims>."""
-    return FAMILY_BY_DIMS.get(tuple(dims), "custom-" + "+".join(str(d) for d in dims))
-
-
-def describe_family(dims: tuple[int, ...]) -> str:
-    """`sd1 (768)`-style wording for error messages that name a family."""
-    return f"{family_of_dims(dims)} ({'+'.join(str(d) for d in dims)})"
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -134,7 +120,7 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         return _from_tensors(path, _load_safetensors(path), container="safetensors")
     if suffix in PICKLE_SUFFIXES:
         return _from_pickled(path, load_weights_only(path))
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in EMBEDDING_IMAGE_SUFFIXES:
         return read_image_embedding(path)
     raise TextinvError(
         f"{path.name}: unknown embedding file type {path.suffix!r}; "
@@ -152,7 +138,7 @@ def read_embedding_folder(folder: Path) -> Embedding:
         token = token_file.read_text(encoding="utf-8").strip()
         if token:
             emb = replace(emb, token=token)
-    type_file = folder / TYPE_FILE
+    type_file = folder / CONCEPT_TYPE_FILE
     if type_file.is_file():
         emb = replace(emb, metadata={**emb.metadata, "type_of_concept": type_file.read_text(encoding="utf-8").strip()})
     return replace(emb, source=str(folder))
@@ -172,7 +158,7 @@ def find_embedding_file(folder: Path) -> Path:
         names = ", ".join(p.name for p in candidates[:5])
         raise TextinvError(f"{folder} holds several embedding files ({names}); pass one of them instead")
     raise TextinvError(
-        f"no embedding in {folder} (expected learned_embeds.safetensors or learned_embeds.bin); "
+        f"no embedding in {folder} (expected {' or '.join(FOLDER_EMBEDDING_NAMES)}); "
         "pass a training output folder, a concepts-library folder or an embedding file"
     )
 
@@ -254,9 +240,9 @@ def _from_tensors(path: Path, loaded: tuple[dict[str, Any], dict[str, str]], *, 
     tensors, metadata = loaded
     if not tensors:
         raise TextinvError(f"{path.name} holds no tensors; it is not an embedding")
-    if all(key in tensors for key in SDXL_KEYS):
+    if all(key in tensors for key in SDXL_ENCODER_KEYS):
         token = metadata.get("token") or path.stem
-        return _make(path, token, tuple(tensors[k] for k in SDXL_KEYS), "sdxl", metadata)
+        return _make(path, token, tuple(tensors[k] for k in SDXL_ENCODER_KEYS), "sdxl", metadata)
     if len(tensors) != 1:
         names = ", ".join(list(tensors)[:5])
         raise TextinvError(
@@ -446,7 +432,7 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
                 f"{emb.token} is an SDXL clip_l + clip_g pair; write it with --to a1111 to a .safetensors file "
                 "(the layout AUTOMATIC1111, ComfyUI and diffusers' SDXL loading use)"
             )
-        tensors = {k: v.contiguous() for k, v in zip(SDXL_KEYS, emb.vectors, strict=True)}
+        tensors = {k: v.contiguous() for k, v in zip(SDXL_ENCODER_KEYS, emb.vectors, strict=True)}
         header = {**emb.metadata, "token": emb.token}
         return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=header))
     vectors = emb.vectors[0]

@@ -1,17 +1,19 @@
 """Finding and loading a Stable Diffusion model: diffusers folder, cached hub id, single file, toy default.
 
-Also reads a model's recommended textinv settings (model families: `embeddings.family_of_dims`).
+Also reads a model's recommended textinv settings (model families: `textinv.families`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from textinv.errors import TextinvError
+from textinv.families import single_file_is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,14 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return self.kind in ("folder", "single_file", "toy")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """`owner/name` as the Hugging Face Hub spells repo ids (models and concepts alike); paths never match."""
+    return bool(_HUB_ID.match(text)) and not text.endswith((".safetensors", ".bin", ".pt", ".ckpt"))
 
 
 def toy_model_available() -> bool:
@@ -63,7 +73,7 @@ def resolve_model_source(name_or_path: str | None) -> ModelSource:
         raise TextinvError(
             f"{p} is not a Stable Diffusion model (expected a diffusers folder or a .safetensors/.ckpt file)"
         )
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+    if looks_like_hub_id(name_or_path):
         return ModelSource(name_or_path, "hub")
     raise TextinvError(f"model {name_or_path!r} not found: no such folder or file, and not a hub id")
 
@@ -133,7 +143,7 @@ def load_pipeline(
     try:
         if source.kind == "single_file":
             cls = diffusers.StableDiffusionPipeline
-            if _single_file_is_sdxl(Path(source.path_or_id)):
+            if single_file_is_sdxl(Path(source.path_or_id)):
                 cls = diffusers.StableDiffusionXLPipeline
             pipe = cls.from_single_file(source.path_or_id, **kwargs)
         else:
@@ -159,12 +169,3 @@ def load_pipeline(
                 f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); use an SD 1.x/2.x/XL model"
             )
     return pipe
-
-
-def _single_file_is_sdxl(path: Path) -> bool:
-    if path.suffix.lower() != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return any(k.startswith("conditioner.embedders.1") for k in f.keys())

@@ -12,13 +12,9 @@ from textinv.atomic import write_text_atomic
 from textinv.checkpoint import list_checkpoints
 from textinv.embeddings import save_diffusers_embedding
 from textinv.errors import TextinvError
+from textinv.layout import CONCEPT_TYPE_FILE, FINAL_EMBEDDING, TOKEN_FILE, embedding_stem, step_embedding_path
 
 log = logging.getLogger(__name__)
-
-FINAL_EMBEDDING = "learned_embeds.safetensors"
-FINAL_EMBEDDING_BIN = "learned_embeds.bin"
-TOKEN_FILE = "token_identifier.txt"
-CONCEPT_TYPE_FILE = "type_of_concept.txt"
 
 
 def prepare_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> None:
@@ -44,19 +40,28 @@ def prepare_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> 
     log.info("--overwrite_output_dir: replacing %s in %s", what, output_dir)
 
 
-def step_embedding_path(output_dir: Path, step: int, safe: bool) -> Path:
-    return Path(output_dir) / f"learned_embeds-steps-{step}.{'safetensors' if safe else 'bin'}"
-
-
 def save_concept(
-    output_dir: Path, token: str, rows: torch.Tensor, learnable_property: str, metadata: dict[str, str]
+    output_dir: Path, token: str, rows: list[torch.Tensor], learnable_property: str, metadata: dict[str, str]
 ) -> Path:
-    """The final files, in the concepts-library layout diffusers and its guide expect.
+    """The final files, in the concepts-library layout diffusers and its guide expect: per text encoder
+    `learned_embeds[_2].bin` and `.safetensors` (`layout.embedding_stem`), the token and concept-type files.
 
     `learned_embeds.safetensors` is written last: its presence marks the run as finished.
     """
     output_dir = Path(output_dir)
-    save_diffusers_embedding(output_dir / FINAL_EMBEDDING_BIN, token, rows)
+    for index, encoder_rows in enumerate(rows):
+        save_diffusers_embedding(output_dir / f"{embedding_stem(index)}.bin", token, encoder_rows)
     write_text_atomic(output_dir / TOKEN_FILE, token)
     write_text_atomic(output_dir / CONCEPT_TYPE_FILE, learnable_property)
-    return save_diffusers_embedding(output_dir / FINAL_EMBEDDING, token, rows, metadata=metadata)
+    for index in range(len(rows) - 1, -1, -1):
+        path = output_dir / f"{embedding_stem(index)}.safetensors"
+        save_diffusers_embedding(path, token, rows[index], metadata=metadata)
+    return path
+
+
+def save_step_embeddings(output_dir: Path, step: int, token: str, rows: list[torch.Tensor], safe: bool) -> Path:
+    """`learned_embeds[_2]-steps-N.*`: the embedding of each text encoder as it was at step N; the first's path."""
+    paths = [step_embedding_path(output_dir, step, safe, index) for index in range(len(rows))]
+    for path, encoder_rows in zip(paths, rows, strict=True):
+        save_diffusers_embedding(path, token, encoder_rows)
+    return paths[0]

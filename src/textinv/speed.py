@@ -38,7 +38,18 @@ _M_MMAP_THRESHOLD = -3  # mallopt() parameter number, from glibc's malloc.h
 HEAP_MMAP_THRESHOLD = 4 * 1024**2
 
 
-def apply_speedups(unet, text_encoder, device: torch.device, compile_mode: str = "no", lean: bool = True) -> None:
+# The backward keeps less (`lean_geglu`, and `cpu_kernels.KernelPlan.keep_conv_inputs`) for UNets of this many
+# parameters and more. The toy model (2 M) steps in tens of milliseconds; there the routes' Python calls cost
+# about 10% of a step and what they free is a few MB.
+LEAN_MIN_UNET_PARAMS = 100_000_000
+
+
+def is_sd_sized(unet: torch.nn.Module) -> bool:
+    """Whether a UNet is large enough for the leaner backward to pay (see `LEAN_MIN_UNET_PARAMS`)."""
+    return sum(p.numel() for p in unet.parameters()) >= LEAN_MIN_UNET_PARAMS
+
+
+def apply_speedups(unet, compile_mode: str = "no", lean: bool = True) -> None:
     """`torch.compile` of the UNet's forward when the user asks for it (`--torch_compile MODE`), else, with
     `lean`, leaner GEGLU feed-forwards (`lean_geglu`); a compiled graph plans what its backward keeps by itself.
 

@@ -1,67 +1,67 @@
-"""The textual-inversion training loop, top to bottom: load → tokens → data → optimise → save.
+"""The textual-inversion recipe: `setup` (model, token, data, optimiser) → `run_steps` (the loop) → `finish` (files).
 
-Every frozen weight stays bitwise unchanged; only the placeholder rows (`tokens.PlaceholderEmbedding`)
-train. Differences from diffusers' reference script, none of which change what is learned:
-VAE posteriors are computed once per (image, flip) instead of every step; AdamW sees only the new rows
-instead of the 49k-row matrix; there is no per-step restore of the original rows; sampling is
-counter-based, so runs are resumable bitwise and split over processes without changing the result.
+The method on one page is the test oracle, `_reference_textual_inversion` in tests/e2e/test_train.py: a
+straightforward implementation of diffusers' script that this trainer must match step for step. Every frozen
+weight stays bitwise unchanged; only the placeholder rows (`tokens.PlaceholderEmbedding`) train. Differences
+from diffusers' script, none of which change what is learned: VAE posteriors are computed once per
+(image, flip) instead of every step; AdamW sees only the new rows instead of the 49k-row matrix; there is no
+per-step restore of the original rows; sampling is counter-based, so runs are resumable bitwise and split over
+processes without changing the result.
+
+Two seams keep this file one recipe: the model family (`textinv.families`: which text encoders get rows, how
+prompts condition the UNet, which files a concept is) and the backend (`textinv.backends`: the loss, the
+backward and the rows' update). Progress goes to subscribers as events (`textinv.progress`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from textinv import checkpoint as ckpt
+from textinv.backends.pytorch import TorchBackend
 from textinv.config import TrainConfig
-from textinv.cpu_kernels import (
-    AUTO_MIN_STEPS,
-    ConvPlan,
-    cpu_conv_kernels,
-    cpu_matmul_kernels,
-    kernel_name,
-    onednn_linear_available,
-    pick_cpu_conv,
-    pick_cpu_matmul,
-    record_kernel_calls,
-)
 from textinv.data import (
     SampleStream,
     cache_latent_posteriors,
     flips_drawn,
     load_concept_images,
     templates_for,
-    tokenize_templates,
 )
-from textinv.embeddings import describe_family, family_of_dims, save_diffusers_embedding
 from textinv.errors import TextinvError, TrainingDiverged
+from textinv.families import adapter_for, describe_family
+from textinv.families.base import FamilyAdapter
 from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
-from textinv.models import load_pipeline, resolve_model_source
-from textinv.outputs import prepare_output_dir, save_concept, step_embedding_path
-from textinv.sample import SamplingRecipe, model_recipe
-from textinv.speed import apply_speedups, limit_heap_fragmentation
-from textinv.tokens import (
-    add_placeholder_tokens,
-    bake_placeholder_rows,
-    initializer_id,
-    install_placeholder_embedding,
-    text_embedding_dim,
+from textinv.layout import FINAL_EMBEDDING, step_embedding_path, validation_dir
+from textinv.models import ModelSource, load_pipeline, resolve_model_source
+from textinv.outputs import prepare_output_dir, save_concept, save_step_embeddings
+from textinv.progress import (
+    CheckpointSaved,
+    EmbeddingSaved,
+    EventBus,
+    RunFinished,
+    RunStarted,
+    StepDone,
+    StopRequest,
+    Subscriber,
+    ValidationDone,
 )
+from textinv.reporting import TrackerLog
+from textinv.sample import SamplingRecipe, model_recipe
+from textinv.speed import apply_speedups, is_sd_sized, limit_heap_fragmentation
+from textinv.tokens import bake_placeholder_rows
+from textinv.validation import VALIDATION_RECIPE, sample_validation_images
 
 log = logging.getLogger(__name__)
-
-# diffusers' script validates with DPM-Solver at 25 steps; a model's textinv.json may say otherwise.
-VALIDATION_RECIPE = SamplingRecipe(num_inference_steps=25, scheduler="dpm")
 
 
 @dataclass
@@ -71,9 +71,59 @@ class TrainResult:
     final_loss: float
     embedding_path: Path
     losses: list[float]  # per optimisation step of this invocation (after any resume)
+    stopped: bool = False  # ended early by a stop request; a checkpoint of the last step was written
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+@dataclass
+class Run:
+    """Everything a run holds between `setup` and `finish`."""
+
+    cfg: TrainConfig
+    source: ModelSource
+    accelerator: object
+    pipe: object
+    family: FamilyAdapter
+    backend: TorchBackend
+    stream: SampleStream
+    state: ckpt.TrainingState
+    total_steps: int
+    validation_steps: int
+    recipe: SamplingRecipe | None
+    events: EventBus
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.cfg.train_batch_size * self.accelerator.num_processes * self.cfg.gradient_accumulation_steps
+
+    def micro_batches(self) -> list:
+        """This process's draws for the next step: `accum` micro-batches, each its slice of the global batch."""
+        per_process, samples_seen = self.cfg.train_batch_size, self.state.samples_seen
+        global_batch = per_process * self.accelerator.num_processes
+        firsts = (
+            samples_seen + micro * global_batch + self.accelerator.process_index * per_process
+            for micro in range(self.cfg.gradient_accumulation_steps)
+        )
+        return [self.stream.draw(range(first, first + per_process)) for first in firsts]
+
+
+def train(cfg: TrainConfig, *, subscribers: Sequence[Subscriber] = (), stop: StopRequest | None = None) -> TrainResult:
+    """Train `cfg.placeholder_token` on `cfg.train_data_dir`; `stop.request()` ends it at the next step boundary."""
+    run = setup(cfg, subscribers)
+    stopped = run_steps(run, stop or StopRequest())
+    return finish(run, stopped)
+
+
+def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
+    """Load the frozen model, add the token, cache the data, build the optimiser, resume if asked."""
     cfg.validate()
     output_dir = Path(cfg.output_dir)
     source = resolve_model_source(cfg.pretrained_model_name_or_path)
@@ -82,411 +132,253 @@ def train(cfg: TrainConfig) -> TrainResult:
     recipe = model_recipe(source, VALIDATION_RECIPE) if cfg.validation_prompt else None
     resume_from = _find_resume(cfg, output_dir)
     accelerator = _make_accelerator(cfg, output_dir)
-    device, is_main = accelerator.device, accelerator.is_main_process
-    if is_main:
+    if accelerator.is_main_process:
         prepare_output_dir(
             output_dir, resuming=cfg.resume_from_checkpoint is not None, overwrite=cfg.overwrite_output_dir
         )
         ckpt.remove_interrupted_writes(output_dir)
     accelerator.wait_for_everyone()
-    if device.type == "cpu":
-        limit_heap_fragmentation()
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    # 1. The frozen model, in the training precision.
-    pipe = load_pipeline(source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise TextinvError(
-            f"{source.path_or_id} is an SDXL model; textinv trains SD 1.x/2.x embeddings so far "
-            "(SDXL embeddings can already be loaded and converted); use an SD 1.x/2.x model"
-        )
-    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    if cfg.tokenizer_name:
-        tokenizer = _load_tokenizer(cfg.tokenizer_name)
+    # 1. The frozen model, in the training precision, and the family adapter that speaks for it.
+    pipe, family, unet = _load_frozen_model(cfg, source, accelerator, weight_dtype)
+    # 2. The placeholder token(s): new rows in every text encoder, initialised from the initializer token.
+    family.add_placeholder(cfg.placeholder_token, cfg.num_vectors, cfg.initializer_token)
+    # 3. Data: images → VAE posteriors, encoded once; prompts tokenized once.
+    posteriors, prompt_ids, num_images = _prepare_data(cfg, pipe, family, unet, accelerator.device, weight_dtype)
+    # 4. Schedule, optimiser and LR schedule over the new rows only (the backend owns them).
+    steps_per_epoch = max(
+        1,
+        math.ceil(
+            num_images
+            * cfg.repeats
+            / (cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps)
+        ),
+    )
+    total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+    validation_steps = cfg.validation_epochs * steps_per_epoch if cfg.validation_epochs else cfg.validation_steps
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-    _configure_attention_and_memory(cfg, unet, text_encoder)
-    if cfg.fp8_base:
-        if device.type == "cpu":
-            log.warning(
-                "--fp8_base on CPU widens every weight on every step: SD-1.5 trained 3.7x slower and saved no "
-                "memory (bench/RESULTS.md); it pays on GPUs"
-            )
-        store_in_fp8(unet)
-        store_in_fp8(text_encoder)
-    sd_sized = sum(p.numel() for p in unet.parameters()) >= LEAN_MIN_UNET_PARAMS
-    apply_speedups(unet, text_encoder, accelerator.device, cfg.torch_compile, lean=sd_sized)
-
-    # 2. The placeholder token(s): new rows, initialised from the initializer token, the only trainable tensor.
-    placeholder = add_placeholder_tokens(tokenizer, cfg.placeholder_token, cfg.num_vectors)
-    init_id = initializer_id(tokenizer, cfg.initializer_token)
-    new_rows = install_placeholder_embedding(text_encoder, tokenizer, placeholder, init_id)
-    pipe.tokenizer = tokenizer  # validation samples through the pipeline, with the new rows
-    dim = text_embedding_dim(text_encoder)
-
-    # 3. Data: images → VAE posteriors, encoded once; prompt templates tokenized once.
-    images, _ = load_concept_images(cfg.train_data_dir)
-    text_encoder.to(device)
-    vae.to(device)
-    posteriors = cache_latent_posteriors(
-        vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype, flips_drawn(cfg.flip_p)
+    backend = TorchBackend(cfg, accelerator, family, unet, noise_scheduler, weight_dtype, total_steps)
+    backend.set_data(posteriors, prompt_ids)
+    # 5. Resume: rows, optimiser, schedule, kernel plan and the sampling counter.
+    state = ckpt.TrainingState(
+        global_step=0,
+        seed=_initial_seed(cfg),
+        placeholder_token=cfg.placeholder_token,
+        num_vectors=cfg.num_vectors,
+        embedding_dims=list(family.dims),
+        samples_seen=0,
+        base_model=source.path_or_id,
+        backend=backend.name,
     )
-    if not (cfg.validation_prompt or cfg.save_as_full_pipeline):
-        pipe.vae = vae = None  # nothing needs the VAE past this point: give its memory back
-    elif device.type == "cuda":
-        vae.to("cpu")  # only validation needs it again
-    # The UNet goes to the device only now: on a GPU the VAE's encode at full resolution and the UNet
-    # are never resident together, so the peak is the larger of the two phases, not their sum.
-    unet.to(device)
-    template_ids = tokenize_templates(tokenizer, templates_for(cfg.learnable_property), placeholder.prompt_string)
-    template_ids = template_ids.to(device)
-
-    # 4. Optimiser and LR schedule over the new rows only.
-    per_process, n_proc, accum = (
-        cfg.train_batch_size,
-        accelerator.num_processes,
-        cfg.gradient_accumulation_steps,
-    )
-    global_batch = per_process * n_proc
-    steps_per_epoch = max(1, math.ceil(len(images) * cfg.repeats / (global_batch * accum)))
-    total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
-    lr = cfg.learning_rate * (accum * per_process * n_proc if cfg.scale_lr else 1)
-    validation_steps = cfg.validation_steps
-    if cfg.validation_epochs is not None:
-        validation_steps = cfg.validation_epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(
-        [new_rows.rows],
-        lr=lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-    )
-    from diffusers.optimization import get_scheduler
-
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=total_steps,
-        num_cycles=cfg.lr_num_cycles,
-    )
-    optimizer = accelerator.prepare(optimizer)  # fp16 loss scaling, device placement of its state
-
-    # 5. Resume: rows, optimiser, schedule and the sampling counter.
-    seed, global_step, samples_seen = _initial_seed(cfg, accelerator), 0, 0
-    resume_state = None
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from)
-        resume_state = state.state
-        _check_resume_compatible(state.state, cfg, dim, resume_from)
-        with torch.no_grad():
-            new_rows.rows.copy_(state.rows.to(device))
-        optimizer.load_state_dict(state.optimizer_state)
-        lr_scheduler.load_state_dict(state.scheduler_state)
-        seed, global_step, samples_seen = state.state.seed, state.state.global_step, state.state.samples_seen
-        log.info("resumed from %s at step %d", resume_from, global_step)
-        if global_step >= total_steps:
-            # diffusers' script checks for the end only after a step, so resuming a checkpoint that already
-            # reached --max_train_steps trains one more step; its own tests rely on it, so we match it.
-            total_steps = global_step + 1
-            log.info("checkpoint is at --max_train_steps already; taking one more step, as diffusers does")
+        state, total_steps = _resume(resume_from, state, family, backend, total_steps)
     stream = SampleStream(
-        seed=seed,
-        num_images=len(images),
+        seed=state.seed,
+        num_images=num_images,
         repeats=cfg.repeats,
-        num_templates=len(template_ids),
+        num_templates=prompt_ids[0].shape[1],
         latent_shape=posteriors.latent_shape,
         num_train_timesteps=noise_scheduler.config.num_train_timesteps,
         flip_p=cfg.flip_p,
     )
-    training_state = ckpt.TrainingState(
-        global_step=global_step,
-        seed=seed,
-        placeholder_token=cfg.placeholder_token,
-        num_vectors=cfg.num_vectors,
-        embedding_dim=dim,
-        samples_seen=samples_seen,
-        base_model=source.path_or_id,
+    backend.plan_kernels(
+        stream.draw(range(cfg.train_batch_size)),
+        total_steps - state.global_step,
+        state.kernel_plan or None,
+        is_sd_sized(unet),
     )
-    if is_main:
-        accelerator.init_trackers("textual_inversion", config=_tracker_config(cfg))
-        log.info(
-            "training %s (%d vector(s), dim %d) on %d image(s): %d steps, batch %d x %d process(es) x %d accum, lr %g",
-            cfg.placeholder_token,
-            cfg.num_vectors,
-            dim,
-            len(images),
-            total_steps,
-            per_process,
-            n_proc,
-            accum,
-            lr,
-        )
+    state.kernel_plan = backend.kernels.to_state()
+    run = Run(
+        cfg, source, accelerator, pipe, family, backend, stream, state, total_steps, validation_steps, recipe,
+        EventBus([TrackerLog(accelerator, cfg.validation_prompt), *subscribers], enabled=accelerator.is_main_process),
+    )  # fmt: skip
+    _announce(run, num_images)
+    return run
 
-    def loss_of(draws):
-        return _diffusion_loss(
-            draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, cfg.snr_gamma
-        )
 
-    # CPU kernels (`--cpu_conv`, `--cpu_matmul` auto): timed on the calls one real forward makes, recorded once.
-    first_draws = stream.draw(range(per_process))
-    kernel_calls = functools.cache(lambda: record_kernel_calls(lambda: loss_of(first_draws)))
-    steps_left = total_steps - global_step
-    conv_plan = _choose_cpu_conv(cfg, accelerator, resume_state, steps_left, kernel_calls)
-    training_state.cpu_conv, training_state.cpu_conv_shapes = conv_plan.kernels, conv_plan.shapes
-    training_state.cpu_matmul = matmul_kernels = _choose_cpu_matmul(
-        cfg, accelerator, resume_state.cpu_matmul if resume_state else "", steps_left, kernel_calls
-    )
+def run_steps(run: Run, stop: StopRequest) -> bool:
+    """The loop: draw, forward + backward, update, report, save on schedule. True if stopped early."""
+    cfg, state, backend = run.cfg, run.state, run.backend
+    while state.global_step < run.total_steps:
+        start = time.perf_counter()
+        loss = backend.forward_backward(run.micro_batches())
+        run.losses.append(loss)
+        if not math.isfinite(loss):
+            _stop_on_divergence(run)  # before the update, so the rows are still the last good ones
+        backend.update()
+        state.global_step += 1
+        state.samples_seen += run.samples_per_step
+        step = state.global_step
+        run.events.emit(StepDone(step, run.total_steps, loss, backend.lr, time.perf_counter() - start))
+        if run.is_main:
+            if step % cfg.save_steps == 0:
+                _save_step_embedding(run)
+            if step % cfg.checkpointing_steps == 0:
+                _save_checkpoint(run)
+            if cfg.validation_prompt and step % run.validation_steps == 0:
+                _validate(run)
+        run.accelerator.wait_for_everyone()
+        if _stop_agreed(run, stop) and step < run.total_steps:
+            if run.is_main:
+                if step % cfg.checkpointing_steps:
+                    _save_checkpoint(run)
+                if step % cfg.save_steps:
+                    _save_step_embedding(run)
+            run.accelerator.wait_for_everyone()
+            return True
+    return False
 
-    # 6. The loop.
-    from tqdm.auto import tqdm
 
-    progress = tqdm(total=total_steps, initial=global_step, desc="textinv", disable=not is_main)
-    keep_inputs = _keeps_convolution_inputs(cfg, accelerator.device, sd_sized)
-    loss_value, losses = float("nan"), []
-    while global_step < total_steps:
-        step_start = time.perf_counter()
-        step_loss = torch.zeros((), device=device)
-        for micro in range(accum):
-            first = samples_seen + micro * global_batch + accelerator.process_index * per_process
-            draws = stream.draw(range(first, first + per_process))
-            with cpu_conv_kernels(conv_plan, keep_inputs=keep_inputs), cpu_matmul_kernels(matmul_kernels):
-                loss = loss_of(draws)
-                accelerator.backward(loss / accum)
-            step_loss += loss.detach() / accum
-        step_loss = accelerator.reduce(step_loss, "mean")
-        loss_value = float(step_loss)
-        losses.append(loss_value)
-        if not math.isfinite(loss_value):
-            progress.close()
-            # Checked before the optimizer step, so the rows are still the last good ones.
-            _stop_on_divergence(output_dir, cfg, new_rows.rows, global_step, is_main)
-        if n_proc > 1:
-            new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, "mean")
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-        samples_seen += global_batch * accum
-        training_state.global_step, training_state.samples_seen = global_step, samples_seen
-        step_time = time.perf_counter() - step_start
-
-        current_lr = lr_scheduler.get_last_lr()[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
-        accelerator.log({"loss": loss_value, "lr": current_lr, "step_time": step_time}, step=global_step)
-        if is_main:
-            if global_step % cfg.save_steps == 0:
-                path = step_embedding_path(output_dir, global_step, safe=not cfg.no_safe_serialization)
-                save_diffusers_embedding(path, cfg.placeholder_token, new_rows.rows)
-            if global_step % cfg.checkpointing_steps == 0:
-                ckpt.save_checkpoint(
-                    output_dir,
-                    training_state,
-                    new_rows.rows,
-                    optimizer,
-                    lr_scheduler,
-                    cfg.checkpoints_total_limit,
-                )
-            if cfg.validation_prompt and global_step % validation_steps == 0:
-                _validate(cfg, accelerator, pipe, recipe, source, output_dir, global_step, seed)
-        accelerator.wait_for_everyone()
-    progress.close()
-
-    # 7. Save: embedding files, full pipeline on request, model card, push.
-    result_path = output_dir / "learned_embeds.safetensors"
-    if is_main:
+def finish(run: Run, stopped: bool) -> TrainResult:
+    """The final files (embeddings, token and type files, model card; the full pipeline on request), then push."""
+    cfg, step = run.cfg, run.state.global_step
+    final_loss = run.losses[-1] if run.losses else float("nan")
+    if stopped:
+        path = step_embedding_path(run.output_dir, step, safe=not cfg.no_safe_serialization)
+        run.events.emit(RunFinished(step, path, stopped=True))
+        run.accelerator.end_training()
+        return TrainResult(run.output_dir, step, final_loss, path, run.losses, stopped=True)
+    path = run.output_dir / FINAL_EMBEDDING
+    if run.is_main:
         validation_images: list[Path] = []
         if cfg.validation_prompt:
-            folder = output_dir / "validation" / f"step-{global_step}"
-            if not folder.is_dir():
-                _validate(cfg, accelerator, pipe, recipe, source, output_dir, global_step, seed)
-            validation_images = sorted(folder.glob("*.png"))
-        metadata = {
-            "format": "pt",
-            "textinv.token": cfg.placeholder_token,
-            "textinv.initializer_token": cfg.initializer_token or "",
-            "textinv.step": str(global_step),
-            "textinv.base_model": source.path_or_id,
-            "textinv.family": family_of_dims((dim,)),
-            "textinv.learnable_property": cfg.learnable_property,
-        }
-        result_path = save_concept(output_dir, cfg.placeholder_token, new_rows.rows, cfg.learnable_property, metadata)
+            if not validation_dir(run.output_dir, step).is_dir():
+                _validate(run)
+            validation_images = sorted(validation_dir(run.output_dir, step).glob("*.png"))
+        path = save_concept(
+            run.output_dir, cfg.placeholder_token, run.family.rows, cfg.learnable_property, _metadata(run)
+        )
+        run.events.emit(EmbeddingSaved(step, path))
         if cfg.save_as_full_pipeline:
-            bake_placeholder_rows(text_encoder)
-            pipe.save_pretrained(output_dir)
+            for encoder in run.family.text_encoders:
+                bake_placeholder_rows(encoder)
+            run.pipe.save_pretrained(run.output_dir)
         write_model_card(
-            output_dir,
+            run.output_dir,
             base_model=cfg.pretrained_model_name_or_path or "textinv-toy",
             placeholder_token=cfg.placeholder_token,
             initializer_token=cfg.initializer_token or "",
             learnable_property=cfg.learnable_property,
             num_vectors=cfg.num_vectors,
-            steps=global_step,
+            steps=step,
             validation_prompt=cfg.validation_prompt,
             validation_images=validation_images,
             repo_id=cfg.hub_model_id if cfg.push_to_hub else None,
         )
         if cfg.push_to_hub:
-            push_output_dir(output_dir, repo_id=cfg.hub_model_id, token=cfg.hub_token)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(output_dir, global_step, loss_value, result_path, losses)
+            push_output_dir(run.output_dir, repo_id=cfg.hub_model_id, token=cfg.hub_token)
+    run.accelerator.wait_for_everyone()
+    run.events.emit(RunFinished(step, path, stopped=False))
+    run.accelerator.end_training()
+    return TrainResult(run.output_dir, step, final_loss, path, run.losses)
 
 
-def _diffusion_loss(
-    draws, posteriors, template_ids, text_encoder, unet, noise_scheduler, device, weight_dtype, snr_gamma=None
-):
-    """MSE between the UNet's prediction and its target (ε, or v for v-prediction), Min-SNR weighted on request."""
-    latents = posteriors.sample(draws.image_idx.to(device), draws.flip.to(device), draws.latent_eps.to(device))
-    noise = draws.noise.to(device)
-    timesteps = draws.timesteps.to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    cond = text_encoder(template_ids[draws.template_idx.to(device)])[0].to(weight_dtype)
-    pred = unet(noisy.to(weight_dtype), timesteps, cond).sample
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise TextinvError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
-    if not snr_gamma:  # None or 0: off
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma, prediction_type)).mean()
+# --- set-up --------------------------------------------------------------------------------------------------
 
 
-def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-γ loss weights: min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction.
-
-    Written as a clamp so that a zero-terminal-SNR schedule (SNR = 0 at the last timestep) gives the
-    limits 1 (ε) and 0 (v) instead of 0/0.
-    """
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    if prediction_type == "v_prediction":
-        return torch.clamp(snr, max=gamma) / (snr + 1)
-    return torch.clamp(gamma / snr, max=1.0)
-
-
-def _choose_cpu_conv(cfg: TrainConfig, accelerator, resume_state, steps_left: int, kernel_calls) -> ConvPlan:
-    """The CPU convolution kernels for the run: the user's, the resumed run's, or timed (`pick_cpu_conv`)."""
-    chosen = resume_state is not None and resume_state.cpu_conv  # "" when the resumed run chose nothing
-    resumed = ConvPlan(resume_state.cpu_conv, resume_state.cpu_conv_shapes) if chosen else None
-    plan = _choose_cpu_kernels(
-        accelerator, cfg.cpu_conv, resumed, steps_left, kernel_calls,
-        pick_cpu_conv, default=ConvPlan("onednn"), flag="--cpu_conv", what="convolutions",
-    )  # fmt: skip
-    plan = ConvPlan(plan) if isinstance(plan, str) else plan
-    if not _routes_calls(cfg) and plan.shapes:
-        flag = "--torch_compile" if cfg.torch_compile != "no" else "--gradient_checkpointing"
-        log.info("CPU convolutions: %s runs all of them on %s", flag, plan.kernels)
-        plan = ConvPlan(plan.kernels)
-    return plan
-
-
-def _routes_calls(cfg: TrainConfig) -> bool:
-    """Whether the training step may route frozen calls through Python modes: convolutions to `_ConvOn`
-    (per-shape kernels, no inputs kept), linear layers to oneDNN's GEMM.
-
-    The routes are a Python mode around each call: a compiled graph does not see it, and gradient
-    checkpointing's recomputation in the backward runs outside it, so its saved tensors would not match.
-    """
-    return cfg.torch_compile == "no" and not cfg.gradient_checkpointing
+def _load_frozen_model(cfg: TrainConfig, source: ModelSource, accelerator, weight_dtype):
+    """The pipeline with every weight frozen, the family adapter, and the UNet (with the run's speed options)."""
+    device = accelerator.device
+    if device.type == "cpu":
+        limit_heap_fragmentation()
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    pipe = load_pipeline(source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype)
+    if cfg.tokenizer_name:
+        pipe.tokenizer = _load_tokenizer(cfg.tokenizer_name)
+    family = adapter_for(pipe)
+    unet = pipe.unet
+    for module in (unet, pipe.vae, *family.text_encoders):
+        module.requires_grad_(False)
+        module.eval()
+    _configure_attention_and_memory(cfg, unet, family.text_encoders)
+    if cfg.fp8_base:
+        if device.type == "cpu":
+            log.warning(
+                "--fp8_base on CPU widens every weight on every step: it trained SD-1.5 3.7x slower and saved no "
+                "memory (bench/RESULTS.md); it pays on GPUs"
+            )
+        for module in (unet, *family.text_encoders):
+            store_in_fp8(module)
+    apply_speedups(unet, cfg.torch_compile, lean=is_sd_sized(unet))
+    return pipe, family, unet
 
 
-# The backward keeps less (`lean_geglu`, `_keeps_convolution_inputs`) for UNets of this many parameters and
-# more. The toy model (2 M) steps in tens of milliseconds; there the routes' Python calls cost ≈ 10% of a step
-# and what they free is a few MB.
-LEAN_MIN_UNET_PARAMS = 100_000_000
+def _prepare_data(cfg: TrainConfig, pipe, family: FamilyAdapter, unet, device, weight_dtype):
+    """Images → VAE posteriors (once per image and flip); prompt templates → token ids, [1, templates, L] each."""
+    images, _ = load_concept_images(cfg.train_data_dir)
+    family.set_images([image.size for image in images], cfg.resolution, cfg.center_crop)
+    for encoder in family.text_encoders:
+        encoder.to(device)
+    vae = pipe.vae.to(device)
+    posteriors = cache_latent_posteriors(
+        vae, images, cfg.resolution, cfg.center_crop, device, weight_dtype, flips_drawn(cfg.flip_p)
+    )
+    if not (cfg.validation_prompt or cfg.save_as_full_pipeline):
+        pipe.vae = None  # nothing needs the VAE past this point: give its memory back
+    elif device.type == "cuda":
+        vae.to("cpu")  # only validation needs it again
+    # The UNet goes to the device only now: on a GPU the VAE's encode at full resolution and the UNet are
+    # never resident together, so the peak is the larger of the two phases, not their sum.
+    unet.to(device)
+    texts = [t.format(family.prompt_string) for t in templates_for(cfg.learnable_property)]
+    prompt_ids = tuple(ids.unsqueeze(0) for ids in family.tokenize(texts))
+    return posteriors, prompt_ids, len(images)
 
 
-def _keeps_convolution_inputs(cfg: TrainConfig, device: torch.device, sd_sized: bool) -> bool:
-    """Whether the backward keeps the frozen convolutions' inputs, as PyTorch's own convolutions do.
+def _resume(path: Path, state: ckpt.TrainingState, family: FamilyAdapter, backend, total_steps: int):
+    """Rows, optimiser, schedule and sampling counter from `checkpoint-N/`; the state and the (maybe one longer) run."""
+    loaded = ckpt.load_checkpoint(path)
+    _check_resume_compatible(loaded.state, state, path)
+    with torch.no_grad():
+        for rows, saved in zip(family.rows, loaded.rows, strict=True):
+            rows.copy_(saved.to(rows.device))
+    backend.read_payload(path)
+    resumed = loaded.state
+    state.seed, state.global_step, state.samples_seen = resumed.seed, resumed.global_step, resumed.samples_seen
+    state.kernel_plan = resumed.kernel_plan
+    log.info("resumed from %s at step %d", path, state.global_step)
+    if state.global_step >= total_steps:
+        # diffusers' script checks for the end only after a step, so resuming a checkpoint that already
+        # reached --max_train_steps trains one more step; its own tests rely on it, so we match it.
+        log.info("checkpoint is at --max_train_steps already; taking one more step, as diffusers does")
+        total_steps = state.global_step + 1
+    return state, total_steps
 
-    On the CPU every frozen convolution of an SD-sized UNet is routed through `_ConvOn`, which keeps none
-    (70 MB off the SD-1.5 peak RSS at 256 px, at the same speed). Not on GPUs, where a Python route per call
-    costs launch time and an H200 run at 512 px showed the same peak memory either way (bench/RESULTS.md).
-    """
-    return not _routes_calls(cfg) or device.type != "cpu" or not sd_sized
 
-
-def _choose_cpu_matmul(cfg: TrainConfig, accelerator, resumed: str, steps_left: int, kernel_calls) -> str:
-    """The linear layers' CPU kernels, chosen as the convolutions' are (`pick_cpu_matmul`)."""
-    on_cpu = accelerator.device.type == "cpu"
-    if on_cpu and cfg.cpu_matmul == "onednn" and not onednn_linear_available():
-        raise TextinvError("--cpu_matmul onednn: this PyTorch build has no oneDNN; use --cpu_matmul blas or auto")
-    if on_cpu and cfg.cpu_matmul == "onednn" and cfg.gradient_checkpointing:
+def _check_resume_compatible(saved: ckpt.TrainingState, current: ckpt.TrainingState, path: Path) -> None:
+    if list(saved.embedding_dims) != list(current.embedding_dims):
         raise TextinvError(
-            "--cpu_matmul onednn does not combine with --gradient_checkpointing (its recomputed forward runs on "
-            "PyTorch's own kernels); use --cpu_matmul blas or auto"
+            f"checkpoint {path} was trained on a {describe_family(tuple(saved.embedding_dims))} model "
+            f"but this model is {describe_family(tuple(current.embedding_dims))}; resume with the checkpoint's model"
         )
-    # Half or fp8 weights, or a compiled graph, make no fp32 F.linear calls to send to oneDNN; under gradient
-    # checkpointing the oneDNN route (a Python mode, as the convolutions') would not match the recomputation.
-    worth_timing = cfg.mixed_precision == "no" and not cfg.fp8_base and _routes_calls(cfg)
-    choice = _choose_cpu_kernels(
-        accelerator, cfg.cpu_matmul, resumed or None, steps_left, kernel_calls, pick_cpu_matmul,
-        default="blas", flag="--cpu_matmul", what="matrix products", worth_timing=worth_timing,
+    if saved.backend != current.backend:
+        raise TextinvError(
+            f"checkpoint {path} was written by the {saved.backend} backend; resume it with --backend {saved.backend}"
+        )
+    if (saved.placeholder_token, saved.num_vectors) != (current.placeholder_token, current.num_vectors):
+        raise TextinvError(
+            f"checkpoint {path} trains {saved.placeholder_token!r} with {saved.num_vectors} vector(s), "
+            f"not {current.placeholder_token!r} with {current.num_vectors}; "
+            "use the same --placeholder_token and --num_vectors"
+        )
+
+
+def _announce(run: Run, num_images: int) -> None:
+    cfg = run.cfg
+    if not run.is_main:
+        return
+    run.accelerator.init_trackers("textual_inversion", config=_tracker_config(cfg))
+    log.info(
+        "training %s (%d vector(s), dim %s) on %d image(s): %d steps, batch %d x %d process(es) x %d accum, lr %g",
+        cfg.placeholder_token, cfg.num_vectors, "+".join(map(str, run.family.dims)), num_images, run.total_steps,
+        cfg.train_batch_size, run.accelerator.num_processes, cfg.gradient_accumulation_steps, run.backend.learning_rate,
     )  # fmt: skip
-    if choice == "onednn" and cfg.gradient_checkpointing:  # resumed from a run without it
-        log.info("CPU matrix products: --gradient_checkpointing runs them on BLAS")
-        choice = "blas"
-    return choice
-
-
-def _choose_cpu_kernels(
-    accelerator,
-    given: str,
-    resumed,
-    steps_left: int,
-    kernel_calls,
-    pick,
-    *,
-    default,
-    flag: str,
-    what: str,
-    worth_timing: bool = True,
-):
-    """One CPU kernel switch's setting: the user's, the resumed run's (None if none), or `pick(kernel_calls())`.
-
-    Only the main process times; every process uses its choice, so they all run the same kernels.
-    """
-    if accelerator.device.type != "cpu":
-        # The switch only concerns CPU kernels. Nothing is chosen, so a checkpoint records no choice and a
-        # run that resumes it on a CPU with `auto` times the kernels there.
-        return ""
-    if given != "auto":
-        return given
-    if resumed is not None:
-        return resumed
-    if steps_left < AUTO_MIN_STEPS or not worth_timing:
-        return default  # too short to win the timing back, or nothing the switch would change
-    choice = [default]
-    if accelerator.is_main_process:
-        calls = kernel_calls()  # the first call records a forward (and, on a cold start, reads the weights)
-        start = time.perf_counter()
-        choice[0], seconds = pick(calls)
-        if seconds:
-            timings = ", ".join(f"{kernel_name(name)} {s:.2f} s" for name, s in seconds.items())
-            log.info(
-                "CPU %s, one step's calls: %s; using %s (%s sets it; timed in %.0f s)",
-                what, timings, choice[0], flag, time.perf_counter() - start,
-            )  # fmt: skip
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(choice)
-    return choice[0]
+    run.events.emit(RunStarted(run.output_dir, run.state.global_step, run.total_steps, cfg.placeholder_token))
 
 
 def _make_accelerator(cfg: TrainConfig, output_dir: Path):
@@ -526,7 +418,7 @@ def _launched_on_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoder) -> None:
+def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoders) -> None:
     if cfg.enable_xformers_memory_efficient_attention:
         import importlib.util
 
@@ -538,10 +430,10 @@ def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoder) -> Non
         unet.enable_xformers_memory_efficient_attention()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        text_encoder.gradient_checkpointing_enable()
-        # Both libraries only recompute activations in training mode; dropout is 0 in SD's models.
-        unet.train()
-        text_encoder.train()
+        unet.train()  # both libraries only recompute activations in training mode; dropout is 0 in SD's models
+        for encoder in text_encoders:
+            encoder.gradient_checkpointing_enable()
+            encoder.train()
 
 
 def _load_tokenizer(name: str):
@@ -562,7 +454,7 @@ def _find_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
     return found
 
 
-def _initial_seed(cfg: TrainConfig, accelerator) -> int:
+def _initial_seed(cfg: TrainConfig) -> int:
     if cfg.seed is not None:
         return int(cfg.seed)
     from accelerate.utils import broadcast_object_list
@@ -571,81 +463,69 @@ def _initial_seed(cfg: TrainConfig, accelerator) -> int:
     return int(broadcast_object_list([secrets.randbits(62)])[0])
 
 
-def _check_resume_compatible(state: ckpt.TrainingState, cfg: TrainConfig, dim: int, path: Path) -> None:
-    if state.embedding_dim != dim:
-        raise TextinvError(
-            f"checkpoint {path} was trained on a {describe_family((state.embedding_dim,))} model "
-            f"but this model is {describe_family((dim,))}; "
-            "resume with the checkpoint's model"
-        )
-    if (state.placeholder_token, state.num_vectors) != (cfg.placeholder_token, cfg.num_vectors):
-        raise TextinvError(
-            f"checkpoint {path} trains {state.placeholder_token!r} with {state.num_vectors} vector(s), "
-            f"not {cfg.placeholder_token!r} with {cfg.num_vectors}; use the same --placeholder_token and --num_vectors"
-        )
-
-
-def _stop_on_divergence(output_dir: Path, cfg: TrainConfig, last_good: torch.Tensor, step: int, is_main: bool):
-    """Keep the last good embedding beside the checkpoints, then stop with a clear message."""
-    kept = step_embedding_path(output_dir, step, safe=True)
-    if is_main:
-        save_diffusers_embedding(kept, cfg.placeholder_token, last_good)
-    latest = ckpt.list_checkpoints(output_dir)
-    where = f"; last checkpoint: {latest[-1].name}" if latest else ""
-    raise TrainingDiverged(
-        f"loss became NaN/inf at step {step + 1}; kept the last good embedding in {kept.name}{where}; "
-        f"lower --learning_rate (now {cfg.learning_rate:g}) or use --mixed_precision bf16/no"
-    )
-
-
 def _tracker_config(cfg: TrainConfig) -> dict:
     # TensorBoard's hparams accept only scalars and strings; secrets were removed by public_dict.
     return {k: v for k, v in cfg.public_dict().items() if isinstance(v, (int, float, str, bool))}
 
 
-def _validate(cfg, accelerator, pipe, recipe, source, output_dir: Path, step: int, seed: int) -> list[Path]:
-    """Generate `num_validation_images` with the current embedding; save PNGs and log them."""
-    import numpy as np
+# --- during the loop ----------------------------------------------------------------------------------------
 
-    from textinv.sample import generate_images, infotext, save_png, set_scheduler
 
-    recipe = recipe.with_overrides(height=cfg.resolution, width=cfg.resolution)
-    sampler = set_scheduler(pipe, recipe.scheduler)
-    vae_device = pipe.vae.device
-    pipe.vae.to(accelerator.device)
-    images = generate_images(
-        pipe,
-        cfg.validation_prompt,
-        num_images=cfg.num_validation_images,
-        seed=seed,
-        progress=False,
-        **recipe.generate_kwargs(),
+def _save_step_embedding(run: Run) -> None:
+    path = save_step_embeddings(
+        run.output_dir, run.state.global_step, run.cfg.placeholder_token, run.family.rows,
+        safe=not run.cfg.no_safe_serialization,
+    )  # fmt: skip
+    run.events.emit(EmbeddingSaved(run.state.global_step, path))
+
+
+def _save_checkpoint(run: Run) -> None:
+    path = ckpt.save_checkpoint(
+        run.output_dir, run.state, run.family.rows, run.backend.write_payload, run.cfg.checkpoints_total_limit
     )
-    pipe.vae.to(vae_device)
-    folder = Path(output_dir) / "validation" / f"step-{step}"
-    paths = []
-    for i, image in enumerate(images):
-        path = folder / f"{i:02d}.png"
-        text = infotext(
-            cfg.validation_prompt,
-            seed=seed + i,
-            steps=recipe.num_inference_steps,
-            guidance_scale=recipe.guidance_scale,
-            width=image.width,
-            height=image.height,
-            sampler=sampler,
-            model=source.path_or_id,
-            concepts=[cfg.placeholder_token],
-            skip_early_cfg=recipe.skip_early_cfg,
-        )
-        save_png(path, image, text)
-        paths.append(path)
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            stacked = np.stack([np.asarray(im) for im in images])
-            tracker.log_images({"validation": stacked}, step, dataformats="NHWC")
-        elif tracker.name == "wandb":
-            import wandb
+    run.events.emit(CheckpointSaved(run.state.global_step, path))
 
-            tracker.log({"validation": [wandb.Image(im, caption=cfg.validation_prompt) for im in images]}, step=step)
-    return paths
+
+def _validate(run: Run) -> None:
+    paths = sample_validation_images(
+        run.pipe, run.recipe, run.cfg, device=run.accelerator.device, model_name=run.source.path_or_id,
+        output_dir=run.output_dir, step=run.state.global_step, seed=run.state.seed,
+    )  # fmt: skip
+    run.events.emit(ValidationDone(run.state.global_step, tuple(paths)))
+
+
+def _stop_agreed(run: Run, stop: StopRequest) -> bool:
+    """Whether to stop now; with several processes, the main process's flag decides for all."""
+    if run.accelerator.num_processes == 1:
+        return stop.requested
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([stop.requested])[0])
+
+
+def _stop_on_divergence(run: Run) -> None:
+    """Keep the last good embedding beside the checkpoints, then stop with a clear message."""
+    step = run.state.global_step
+    kept = step_embedding_path(run.output_dir, step, safe=True)
+    if run.is_main:
+        save_step_embeddings(run.output_dir, step, run.cfg.placeholder_token, run.family.rows, safe=True)
+    latest = ckpt.list_checkpoints(run.output_dir)
+    where = f"; last checkpoint: {latest[-1].name}" if latest else ""
+    raise TrainingDiverged(
+        f"loss became NaN/inf at step {step + 1}; kept the last good embedding in {kept.name}{where}; "
+        f"lower --learning_rate (now {run.cfg.learning_rate:g}) or use --mixed_precision bf16/no"
+    )
+
+
+def _metadata(run: Run) -> dict[str, str]:
+    """What the final .safetensors header says about the concept (tools like `inspect` show it)."""
+    cfg = run.cfg
+    return {
+        "format": "pt",
+        "textinv.token": cfg.placeholder_token,
+        "textinv.initializer_token": cfg.initializer_token or "",
+        "textinv.step": str(run.state.global_step),
+        "textinv.base_model": run.source.path_or_id,
+        "textinv.family": run.family.name,
+        "textinv.learnable_property": cfg.learnable_property,
+    }

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ENCODER_NAMES = ("clip_l", "clip_g")
+from textinv.families import SDXL_ENCODER_KEYS
 
 
 def register(subparsers) -> None:
@@ -54,7 +54,7 @@ def describe(emb) -> dict[str, Any]:
         "dim": emb.dim,
         "dtype": emb.dtype,
         "family": emb.family,
-        "norms": norms[0] if len(norms) == 1 else dict(zip(ENCODER_NAMES, norms, strict=True)),
+        "norms": norms[0] if len(norms) == 1 else dict(zip(SDXL_ENCODER_KEYS, norms, strict=True)),
         "metadata": dict(emb.metadata),
     }
 
@@ -87,8 +87,8 @@ def compare_with_model(emb, model: str, top_k: int) -> dict[str, Any]:
         return {"model": model, "nearest_tokens": nearest[0], "model_mean_token_norm": typical[0]}
     return {
         "model": model,
-        "nearest_tokens": dict(zip(ENCODER_NAMES, nearest, strict=True)),
-        "model_mean_token_norm": dict(zip(ENCODER_NAMES, typical, strict=True)),
+        "nearest_tokens": dict(zip(SDXL_ENCODER_KEYS, nearest, strict=True)),
+        "model_mean_token_norm": dict(zip(SDXL_ENCODER_KEYS, typical, strict=True)),
     }
 
 
@@ -102,10 +102,10 @@ def vocabulary_tables(model: str) -> list[tuple[Any, Any]]:
         tables = _tables_from_folder(folder)
         if tables:
             return tables
-    from textinv.concepts import text_encoders
+    from textinv.families import text_encoder_pairs
 
     pipe = load_pipeline(source)
-    return [(tok, enc.get_input_embeddings().weight.detach()) for tok, enc in text_encoders(pipe)]
+    return [(tok, enc.get_input_embeddings().weight.detach()) for tok, enc in text_encoder_pairs(pipe)]
 
 
 def _tables_from_folder(folder: Path) -> list[tuple[Any, Any]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 
 from textinv.config import TrainConfig, build_config, config_fields, field_type
 
@@ -38,9 +40,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from textinv.models import model_defaults, resolve_model_source
-    from textinv.train import train
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "argv")}
     source = resolve_model_source(given.get("pretrained_model_name_or_path"))
     if source.kind == "toy":
         log.info(
@@ -49,6 +50,52 @@ def run(args: argparse.Namespace) -> int:
         )
     recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
     cfg = build_config(given, recommended)
-    result = train(cfg)
+    result = train_until_done_or_interrupted(cfg)
+    if result.stopped:
+        again = continue_command(getattr(args, "argv", None))
+        log.info(
+            "textinv: stopped at step %d; checkpoint-%d saved; continue with: %s",
+            result.global_step,
+            result.global_step,
+            again,
+        )
+        return 130
     log.info("textinv: saved %s (step %d, loss %.4f)", result.embedding_path, result.global_step, result.final_loss)
     return 0
+
+
+def train_until_done_or_interrupted(cfg: TrainConfig):
+    """`train()` with a progress bar, where the first Ctrl-C asks the run to stop at the next step boundary
+    (checkpoint and embedding saved) and a second one interrupts at once."""
+    from textinv.progress import StopRequest
+    from textinv.reporting import ProgressBar
+    from textinv.train import train
+
+    stop, bar = StopRequest(), ProgressBar()
+
+    def on_interrupt(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt) if _in_main_thread() else None
+    try:
+        return train(cfg, subscribers=[bar], stop=stop)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def continue_command(argv: list[str] | None) -> str:
+    """The command line that continues a stopped run: the same flags, resuming from its latest checkpoint."""
+    argv = list(argv or ["train", "..."])
+    if not any(a == "--resume_from_checkpoint" or a.startswith("--resume_from_checkpoint=") for a in argv):
+        argv += ["--resume_from_checkpoint", "latest"]
+    return shlex.join(["textinv", *argv])

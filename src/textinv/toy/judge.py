@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from textinv.data import IMAGE_SUFFIXES
 from textinv.errors import TextinvError
 from textinv.toy import world
 
 JUDGE_FILE = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ATTRIBUTES = ("shape", "colour", "background")
 GRID_FILE = "grid.png"
 
