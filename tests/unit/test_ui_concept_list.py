@@ -15,7 +15,7 @@ from textinv.ui.concept_list import EXPORTS, delete_concept, export_concept, lis
 def _concept(root, name, token, step="5"):
     folder = root / name
     meta = {"textinv.step": step, "textinv.base_model": "toy", "textinv.learnable_property": "object"}
-    save_concept(folder, token, torch.randn(2, 32), "object", meta)
+    save_concept(folder, token, [torch.randn(2, 32)], "object", meta)
     for s in (2, 10):
         (folder / "validation" / f"step-{s}").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(folder / "validation" / f"step-{s}" / "00.png")
@@ -40,7 +40,7 @@ def test_the_toy_model_is_listed_by_name_not_install_path(tmp_path):
 
     folder = _concept(tmp_path, "star", "<star>")
     meta = {"textinv.base_model": resolve_model_source(None).path_or_id}
-    save_concept(folder, "<star>", torch.randn(1, 32), "object", meta)
+    save_concept(folder, "<star>", [torch.randn(1, 32)], "object", meta)
     assert list_concepts(tmp_path)[0].base_model == "textinv-toy"
 
 

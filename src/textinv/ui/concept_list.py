@@ -8,7 +8,7 @@ from pathlib import Path
 
 from textinv.embeddings import read_embedding_folder, write_embedding
 from textinv.errors import TextinvError
-from textinv.outputs import FINAL_EMBEDDING
+from textinv.layout import FINAL_EMBEDDING
 
 # Download formats: label → (format for write_embedding, file suffix).
 EXPORTS = {
