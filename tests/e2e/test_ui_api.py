@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from ui_server import REPO, non_loopback_address, running_ui
+from ui_server import EXAMPLE, REPO, non_loopback_address, running_ui
 
 from textinv.embeddings import save_diffusers_embedding
 
@@ -52,12 +52,27 @@ def test_readme_api_snippet_trains_and_generates_through_gradio_client(tmp_path,
     assert (tmp_path / "root" / "my-star" / "learned_embeds.safetensors").is_file()
 
 
-def test_generate_with_an_uploaded_concept_file(tmp_path):
+def test_generate_with_an_uploaded_concept_file_and_train_errors_as_one_line(tmp_path):
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     concept = save_diffusers_embedding(tmp_path / "blob.safetensors", "<blob>", torch.randn(1, 128) * 0.3)
+    bad_template = tmp_path / "templates.txt"
+    bad_template.write_text("a photo of a star\n", encoding="utf-8")
     with running_ui(tmp_path / "root") as (url, _):
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        images = [handle_file(str(p)) for p in sorted(EXAMPLE.glob("*.png"))]
+        with pytest.raises(AppError, match=r"line 1 \('a photo of a star'\) has no \[name\]"):
+            client.predict(
+                images=images,
+                placeholder_token="<t>",
+                initializer_token="star",
+                template_file=handle_file(str(bad_template)),
+                api_name="/train",
+            )
+        with pytest.raises(AppError, match=r"'orange star' is 2 tokens"):  # found by the worker, after loading
+            client.predict(images=images, placeholder_token="<t>", initializer_token="orange star", api_name="/train")
+        assert not (tmp_path / "root" / "t" / "learned_embeds.safetensors").exists()
         gallery, files = client.predict(
             prompt="a <blob> on a white background",
             num_images=1,

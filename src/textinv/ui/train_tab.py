@@ -107,7 +107,9 @@ def start_training(ctx: UiContext, names: list[str], *args: Any):
             given["pretrained_model_name_or_path"] = ctx.model
         given |= {**settings, "output_dir": str(run_dir)}
         given["train_data_dir"] = "(uploads)"
-        build_config(given, recommended).validate()  # a bad value is refused before anything is written
+        if template:
+            given["template_file"] = str(template)
+        build_config(given, recommended).validate()  # a bad value or template is refused before anything is written
         images_dir, template_path = stage_run_inputs(sort_uploads(images), run_dir, template)
         given["train_data_dir"] = str(images_dir)
         if template_path:
