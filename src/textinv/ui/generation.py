@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textinv.errors import TextinvError
+from textinv.ui.uploads import unused_path
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,6 @@ def _concept_key(concepts: list[str]) -> tuple[tuple[str, int], ...]:
         path = Path(source)
         key.append((str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0))
     return tuple(key)
-
-
-def _fresh_folder(base: Path) -> Path:
-    """`base`, or `base-2`, `base-3`...: two requests in the same second never overwrite each other's images."""
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 class Generator:
@@ -93,7 +84,8 @@ class Generator:
                 progress=False,
                 **recipe.generate_kwargs(),
             )
-            folder = _fresh_folder(Path(out_dir) / time.strftime("%Y%m%d-%H%M%S"))
+            folder = unused_path(Path(out_dir) / time.strftime("%Y%m%d-%H%M%S"))
+            folder.mkdir(parents=True)  # under the lock: two requests in one second get two folders
             paths = []
             for i, image in enumerate(images):
                 text = infotext(

@@ -57,14 +57,18 @@ def slug(token: str) -> str:
     return name or "concept"
 
 
-def new_run_dir(output_root: Path, token: str) -> Path:
-    """A fresh folder for a run of `token` under `output_root`; existing runs are never reused."""
-    base = Path(output_root) / slug(token)
+def unused_path(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`...: the first that does not exist, so nothing earlier is overwritten."""
     candidate, n = base, 1
     while candidate.exists():
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
+
+
+def new_run_dir(output_root: Path, token: str) -> Path:
+    """A fresh folder for a run of `token` under `output_root`; existing runs are never reused."""
+    return unused_path(Path(output_root) / slug(token))
 
 
 def stage_run_inputs(
