@@ -49,7 +49,9 @@ def check_port(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import gradio  # noqa: F401
+        # Not just `import gradio`: a folder named gradio in the working directory (Gradio's own /tmp/gradio
+        # cache, say) imports as an empty namespace package.
+        from gradio import Blocks  # noqa: F401
     except ImportError:
         raise TextinvError(INSTALL_HINT) from None
     from textinv.models import resolve_model_source
