@@ -33,6 +33,15 @@ def test_without_gradio_it_says_how_to_install_in_one_line(monkeypatch, capsys):
     assert err.count("\n") == 1 and 'pip install "textinv[ui]"' in err
 
 
+def test_an_empty_gradio_namespace_package_is_not_gradio(monkeypatch, capsys):
+    import types
+
+    # What a folder named gradio in the working directory imports as (run from /tmp, Gradio's cache /tmp/gradio).
+    monkeypatch.setitem(sys.modules, "gradio", types.ModuleType("gradio"))
+    assert main(["ui"]) == 2
+    assert 'pip install "textinv[ui]"' in capsys.readouterr().err
+
+
 def test_listens_on_loopback_by_default_without_a_share_link(launched, tmp_path, caplog):
     port = _free_port()
     with caplog.at_level(logging.WARNING):
