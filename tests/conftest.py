@@ -118,3 +118,11 @@ def write_concept_images(folder: Path, n: int = 4, size: int = 40, seed: int = 0
 @pytest.fixture()
 def concept_dir(tmp_path) -> Path:
     return write_concept_images(tmp_path / "concept")
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ runs the real recipe end to end: marked `slow` (CI runs them; `-m "not slow"`
+    gives the quick unit suite)."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

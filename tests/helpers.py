@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
+import textinv
 from textinv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +54,39 @@ def run_subprocess(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def learned(out: Path, name: str = "learned_embeds.safetensors"):
     return load_file(str(Path(out) / name))
+
+
+def tiny_sdxl_pipeline():
+    """A tiny SDXL-like pipeline in memory: two CLIP text encoders of different widths (32 and 48)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              vocab_size=49408, max_position_embeddings=77, projection_dim=hidden)  # fmt: skip
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 48, cross_attention_dim=32 + 48, norm_num_groups=32,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
+    )  # fmt: skip
+    tokenizer_dir = Path(textinv.__file__).parent / "toy" / "model" / "tokenizer"
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(32)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(48)),
+        tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    )

@@ -143,32 +143,25 @@ class TrainConfig:
     )
     torch_compile: str = _flag(
         "no",
-        "torch.compile the frozen UNet: 'default', 'reduce-overhead' (CUDA graphs: fewer kernel launches) "
-        "or 'max-autotune'. For GPUs; on CPU it did not pay (bench/RESULTS.md).",
+        "torch.compile the frozen UNet ('reduce-overhead' uses CUDA graphs). Pays on GPUs, not on CPUs "
+        "(bench/RESULTS.md).",
         choices=("no", "default", "reduce-overhead", "max-autotune"),
     )
     fp8_base: bool = _flag(
         False,
-        "Keep the frozen UNet's and text encoder's linear and convolution weights in fp8 (one scale per output "
-        "channel), widened one layer at a time: about half the weight memory of fp16. The concept is learned "
-        "against the rounded weights (kohya-ss/sd-scripts' flag of the same name). For GPUs (on CPU it was 3.7x "
-        "slower for SD-1.5). Not with --save_as_full_pipeline.",
+        "Store the frozen weights in fp8, widened a layer at a time: half the weight memory of fp16, learned "
+        "against the rounded weights (as kohya-ss' flag). For GPUs; not with --save_as_full_pipeline.",
     )
     cpu_conv: str = _flag(
         "auto",
-        "CPU convolution kernels for training: 'onednn', PyTorch's 'native' ones, or 'auto' (time the forward and "
-        "the input gradient of each convolution shape of one step on both, and on oneDNN's GEMM, before training and "
-        "run each on its faster set; for SD-1.5 at 256 px on a 2-core AMD EPYC: oneDNN on the 32x32 and 16x16 maps, "
-        "native or the GEMM on the small deep ones: UNet steps 1.1x faster than all-native, itself 1.3x faster than "
-        "oneDNN). Same maths; no effect on GPUs.",
+        "CPU convolution kernels: 'onednn', PyTorch's 'native', or 'auto' (time each shape on each before training "
+        "and run it on the fastest; numbers in bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
     cpu_matmul: str = _flag(
         "auto",
-        "CPU matrix products of the frozen linear layers for training: PyTorch's 'blas' (MKL on x86), 'onednn', "
-        "or 'auto' (time one step's linear shapes with each before training, keep the faster; oneDNN was 1.1x faster "
-        "per step for SD-1.5 at 256 px on a 2-core AMD EPYC, where MKL runs its AVX2 code). Same maths; no effect "
-        "on GPUs.",
+        "CPU kernels of the frozen linear layers: PyTorch's 'blas', 'onednn', or 'auto' (time both before training, "
+        "keep the faster; bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
         choices=("auto", "blas", "onednn"),
     )
     no_safe_serialization: bool = _flag(

@@ -1,21 +1,12 @@
-"""Which CPU kernels run the frozen convolutions and linear layers (`--cpu_conv`, `--cpu_matmul`).
+"""Which CPU kernels run the frozen convolutions and linear layers (`--cpu_conv`, `--cpu_matmul`): the run's plan.
 
-PyTorch's x86 wheels carry two implementations of each: oneDNN's and PyTorch's native convolutions, MKL's and
-oneDNN's GEMM. Both compute the same maths in another summation order, and which is faster depends on the CPU
-and on each call's shape (numbers in bench/RESULTS.md). On a 2-core Zen 4 at SD-1.5 size, 256 px:
-
-- convolutions: oneDNN is 10-25% faster on the 32x32 and 16x16 maps and 2-6x slower on the 8x8 and 4x4 ones,
-  so `auto` runs each convolution shape on the kernels that are faster for it ("native, oneDNN for 11 of 37
-  shapes": 6.7% off a UNet step against all-native). A third set, "gemm", unfolds the input and multiplies on
-  oneDNN's GEMM: on the 8x8 and 4x4 maps its products beat PyTorch's MKL ones, which take MKL's AVX2 code on
-  AMD. The forward and the input gradient of a shape are planned apart, each on its faster set;
-- linear layers: MKL takes its AVX2 code on AMD, oneDNN picks kernels by instruction set: 1.2-1.9x faster.
-
-`auto` decides before training from timings of the step's own calls: one forward is recorded
-(`record_kernel_calls`), then every distinct shape's forward and input gradient is timed a few times with each
-kernel set, interleaved, best reading counted (`time_kernel_calls`; `time_conv_calls` times the two apart).
-Millisecond timings with a best-of reading stay reliable on a shared, noisy machine, where timing whole
-3-second steps did not (run P, bench/RESULTS.md).
+PyTorch's x86 wheels carry more than one implementation of each: oneDNN's and PyTorch's native convolutions (and
+here a third, "gemm": the input unfolded and multiplied on oneDNN's GEMM), MKL's and oneDNN's matrix products. They
+compute the same maths in another summation order, and which is fastest depends on the CPU and on each call's
+shape (bench/RESULTS.md). `auto` decides before training from the step's own calls: one forward is recorded
+(`record_kernel_calls`), every distinct shape's forward and input gradient is timed a few times on each set,
+interleaved, best reading counted; each shape then runs on its fastest set (`pick_cpu_conv`, `pick_cpu_matmul`).
+`plan_cpu_kernels` makes a run's `KernelPlan`, which the training step enters and checkpoints store.
 """
 
 from __future__ import annotations

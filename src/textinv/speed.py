@@ -1,26 +1,9 @@
-"""Performance options that do not change what is learned (memory layout, kernels).
+"""Performance options that do not change what is learned: compiling the UNet, a leaner backward, the CPU heap.
 
-Each lever here is measured by `bench/levers.py` or `bench/train_speed.py` before it is kept;
-bench/RESULTS.md has the numbers.
-
-- CPU kernels of the frozen convolutions and linear layers (`--cpu_conv`, `--cpu_matmul`, kept, default
-  `auto`; `cpu_kernels.py`): oneDNN's, PyTorch's native or GEMM-unfolded convolutions per shape and direction,
-  MKL's or oneDNN's GEMM. Same maths, other summation order. SD-1.5 at 256 px on a 2-core AMD EPYC, each
-  measured on its own: native convolutions 1.3x faster per step than oneDNN's, the per-shape plan 7% off
-  all-native, planning forward and input gradient apart with the GEMM set 5% more, oneDNN's GEMM 10%.
-- glibc's heap on CPU (`limit_heap_fragmentation`, kept, automatic): by default glibc serves blocks up
-  to 32 MiB from its heap, where a step's freed activations leave holes that later, larger ones cannot
-  reuse. Serving blocks of 4 MiB and more with their own mappings took the SD-1.5 peak from 4.73 to
-  4.65 GB at the same speed; 1 MiB saved more (4.58) but cost 9% per step in page faults.
-- torch.compile of the UNet (`--torch_compile`, opt-in, for GPUs): 2.37x the reference's steps/s on an
-  H200 with 'reduce-overhead'; on CPU 0.94x per step after a 13.6-minute compile.
-- channels_last for the UNet: not kept; 0.97x per step on CPU at SD-1.5 size, 256 px, +2.2 GB RSS.
-- What the backward keeps (kept, automatic for SD-sized UNets unless compiled): frozen convolutions keep no
-  input on the CPU (`cpu_kernels._ConvOn`) and GEGLU feed-forwards recompute gelu(gate) (`lean_geglu`).
-  Same gradients to the bit; SD-1.5 at 256 px on CPU: peak RSS 4.62 -> 4.55 GB at the same speed.
-
-What pays most is structural and lives in the trainer: posteriors cached once, AdamW over the new rows
-only, no per-step restore, the VAE freed after caching.
+Each lever is kept only after `bench/levers.py` or `bench/train_speed.py` measured it; bench/RESULTS.md has the
+numbers, including the levers tried and dropped (channels_last, huge pages, pre-packed oneDNN weights). The CPU
+kernel choice (`--cpu_conv`, `--cpu_matmul`) lives in `cpu_kernels.py`. What pays most is structural and lives in
+the trainer: posteriors cached once, AdamW over the new rows only, no per-step restore, the VAE freed after caching.
 """
 
 from __future__ import annotations

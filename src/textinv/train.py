@@ -219,7 +219,7 @@ def run_steps(run: Run, stop: StopRequest) -> bool:
             if step % cfg.checkpointing_steps == 0:
                 _save_checkpoint(run)
             if cfg.validation_prompt and step % run.validation_steps == 0:
-                _validate(run)
+                _sample_validation(run)
         run.accelerator.wait_for_everyone()
         if _stop_agreed(run, stop) and step < run.total_steps:
             if run.is_main:
@@ -246,7 +246,7 @@ def finish(run: Run, stopped: bool) -> TrainResult:
         validation_images: list[Path] = []
         if cfg.validation_prompt:
             if not validation_dir(run.output_dir, step).is_dir():
-                _validate(run)
+                _sample_validation(run)
             validation_images = sorted(validation_dir(run.output_dir, step).glob("*.png"))
         path = save_concept(
             run.output_dir, cfg.placeholder_token, run.family.rows, cfg.learnable_property, _metadata(run)
@@ -486,7 +486,7 @@ def _save_checkpoint(run: Run) -> None:
     run.events.emit(CheckpointSaved(run.state.global_step, path))
 
 
-def _validate(run: Run) -> None:
+def _sample_validation(run: Run) -> None:
     paths = sample_validation_images(
         run.pipe, run.recipe, run.cfg, device=run.accelerator.device, model_name=run.source.path_or_id,
         output_dir=run.output_dir, step=run.state.global_step, seed=run.state.seed,

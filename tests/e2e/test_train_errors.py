@@ -214,10 +214,10 @@ def _real(name: str):
 
 
 def test_sdxl_model_is_refused_for_training(concept_dir, tmp_path, capsys):
-    from test_concepts import _tiny_sdxl_pipeline
+    from helpers import tiny_sdxl_pipeline
 
     model = tmp_path / "tiny-sdxl"
-    _tiny_sdxl_pipeline().save_pretrained(model)
+    tiny_sdxl_pipeline().save_pretrained(model)
     _fails(capsys, train_args(model, concept_dir, tmp_path / "o"), "sdxl (32+48)", "SD 1.x/2.x")
 
 

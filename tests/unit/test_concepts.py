@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_sdxl_pipeline
 
 import textinv
 from textinv.embeddings import Embedding, save_a1111_embedding, save_diffusers_embedding, write_embedding
@@ -128,48 +129,12 @@ def test_every_file_we_write_loads_with_diffusers_own_loader_and_generates(pipe,
     assert image.size == (32, 32)
 
 
-def _tiny_sdxl_pipeline():
-    """A tiny SDXL-like pipeline in memory: two CLIP text encoders of different widths (32 and 48)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    torch.manual_seed(0)
-
-    def text_config(hidden: int) -> CLIPTextConfig:
-        return CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                              vocab_size=49408, max_position_embeddings=77, projection_dim=hidden)  # fmt: skip
-
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 48, cross_attention_dim=32 + 48, norm_num_groups=32,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
-    )  # fmt: skip
-    tokenizer_dir = Path(textinv.__file__).parent / "toy" / "model" / "tokenizer"
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config(32)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(48)),
-        tokenizer=tokenizer,
-        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_dir),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-    )
-
-
 def test_sdxl_pair_loads_into_both_text_encoders_and_generates(tmp_path):
     from safetensors.torch import save_file
 
     from textinv.sample import generate_images
 
-    pipe = _tiny_sdxl_pipeline()
+    pipe = tiny_sdxl_pipeline()
     clip_l, clip_g = _vectors(2, 32, seed=1), _vectors(2, 48, seed=2)
     save_file({"clip_l": clip_l, "clip_g": clip_g}, str(tmp_path / "xl-toy.safetensors"))
     assert textinv.load_concept(pipe, tmp_path / "xl-toy.safetensors", token="<xl-toy>") == "<xl-toy>"

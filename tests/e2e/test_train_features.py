@@ -408,3 +408,15 @@ def test_a_malformed_by_property_section_is_a_one_line_error(sd1_model, concept_
     assert done.returncode != 0
     assert "by_property" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_fp8_base_trains_the_same_with_gradient_checkpointing(sd1_model, concept_dir, tmp_path):
+    """Recomputing activations goes through the fp8 layers again: same embedding as without."""
+    from helpers import learned, run_cli, train_args
+
+    runs = {}
+    for name, extra in (("plain", []), ("checkpointed", ["--gradient_checkpointing"])):
+        out = tmp_path / name
+        assert run_cli(train_args(sd1_model, concept_dir, out, "--fp8_base", *extra, steps=3)) == 0
+        runs[name] = learned(out)["<cat-toy>"]
+    assert torch.allclose(runs["plain"], runs["checkpointed"], rtol=1e-5, atol=1e-6)
