@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,8 @@ def tiny_sdxl_pipeline():
         unet=unet,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )
+
+
+def card_snippets(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block of a Markdown text, in order."""
+    return re.findall(r"```(\w+)\n(.*?)\n```", text, flags=re.S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -13,8 +14,28 @@ from textinv.commands import iter_command_modules
 from textinv.errors import TextinvError
 
 
+class UsageError(Exception):
+    """A command line argparse cannot read; `main` prints it on one line instead of the whole usage."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it and what it accepts (not 40 lines of usage)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {_plain(message)} (`{self.prog} --help` lists every flag)")
+
+
+def _plain(message: str) -> str:
+    """argparse's wording, with a type's name said as what it accepts."""
+    found = re.search(r"invalid (int|float) value: (.*)$", message)
+    if found:
+        wanted = "a whole number" if found.group(1) == "int" else "a number"
+        return message[: found.start()] + f"expects {wanted} (got {found.group(2)})"
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="textinv",
         description="Teach a Stable Diffusion model a new concept from a few images (textual inversion).",
     )
@@ -22,7 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in iter_command_modules():
         module.register(sub)
+    for command_parser in _all_parsers(parser):
+        # `main` reads --debug before parsing; declared here so that every --help lists it.
+        command_parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += _all_parsers(child)
+    return found
 
 
 def quiet_libraries() -> None:
@@ -51,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("TEXTINV_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

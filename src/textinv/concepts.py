@@ -7,13 +7,14 @@ a concepts-library folder, or a hub repo id already in the local Hugging Face ca
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from textinv.embeddings import Embedding, read_embedding
+from textinv.embeddings import EMBEDDING_IMAGE_SUFFIXES, Embedding, read_embedding
 from textinv.errors import TextinvError
 from textinv.families import describe_family, pipeline_dims, text_encoder_pairs
 from textinv.models import looks_like_hub_id
@@ -41,6 +42,19 @@ def _local_concept_path(source: str) -> Path:
             f"concept {source!r} is neither a local path nor a hub repo in the local cache; "
             f"download it first (`hf download {source}`) or pass a file or folder"
         ) from exc
+
+
+def token_for_prompts(emb: Embedding, prompts: Sequence[str]) -> str:
+    """The word prompts use for `emb`: its token, or, as AUTOMATIC1111 does, its file's name.
+
+    A1111 and ComfyUI name an embedding file's concept after the file (`my-star.pt` -> `my-star`), whatever
+    token is stored inside; so when the prompts say the file's name and not the token, the file's name is
+    the trigger word. (For an embedding image A1111 uses the name stored inside, which is `emb.token`.)
+    """
+    path = Path(emb.source)
+    if emb.token in " ".join(prompts) or not path.is_file() or path.suffix.lower() in EMBEDDING_IMAGE_SUFFIXES:
+        return emb.token
+    return path.stem if path.stem in " ".join(prompts) else emb.token
 
 
 def check_concept_fits(emb: Embedding, dims: tuple[int, ...], what: str = "the model") -> None:

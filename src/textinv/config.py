@@ -27,6 +27,8 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
 )
 
+REPORT_TO_CHOICES = ("tensorboard", "wandb", "comet_ml", "all", "none")
+
 
 def _flag(default: Any, help: str, *, aliases: tuple[str, ...] = (), **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, "aliases": aliases, **extra})
@@ -58,7 +60,9 @@ class TrainConfig:
     )
     initializer_token: str | None = _flag(
         None,
-        "One existing word whose embedding starts the new token (must be a single token).",
+        "An existing word whose embedding starts the new token (one token), or several words: with --num_vectors "
+        "N and W words, vector i starts as word i*W//N (AUTOMATIC1111's rule: 'orange star' with 4 vectors gives "
+        "orange, orange, star, star).",
         aliases=("--init",),
         required=True,
     )
@@ -125,7 +129,7 @@ class TrainConfig:
         "no", "Frozen weights in this precision; the new rows stay fp32.", choices=("no", "fp16", "bf16")
     )
     allow_tf32: bool = _flag(False, "Allow TF32 matmuls on Ampere+ GPUs.")
-    report_to: str = _flag("tensorboard", "Tracker: tensorboard, wandb, comet_ml, all or none.")
+    report_to: str = _flag("tensorboard", "Tracker for loss, LR and validation images.", choices=REPORT_TO_CHOICES)
     # Validation
     validation_prompt: str | None = _flag(None, "Prompt to sample during training, e.g. 'a <cat-toy> backpack'.")
     num_validation_images: int = _flag(4, "Images per validation.")
@@ -185,6 +189,11 @@ class TrainConfig:
             "num_validation_images",
             "lr_num_cycles",
         )
+        for f in config_fields():
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                # argparse checks the command line; this also covers textinv.json and library callers.
+                raise TextinvError(f"--{f.name} must be one of {', '.join(allowed)} (got {getattr(self, f.name)!r})")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TextinvError(f"--{name} must be at least 1 (got {getattr(self, name)})")
@@ -231,6 +240,26 @@ class TrainConfig:
         return data
 
 
+def precision_warning(mixed_precision: str, device_type: str) -> str | None:
+    """A one-line warning for `--mixed_precision fp16` on a CPU (None when there is nothing to say).
+
+    Why warn, not refuse: it trains, and Accelerate accepts it without a word, but most CPUs have no fast fp16
+    arithmetic and fp16's loss scaling exists for GPUs; bf16 keeps fp32's range and is what CPUs accelerate.
+    """
+    if mixed_precision == "fp16" and device_type == "cpu":
+        return (
+            "--mixed_precision fp16 on the CPU: most CPUs have no fast fp16 arithmetic (often slower than fp32) "
+            "and fp16 needs loss scaling; --mixed_precision bf16 keeps fp32's range and is what CPUs accelerate"
+        )
+    return None
+
+
+def settings_from_model(given: dict[str, Any], model_recommended: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's recommended settings that fill flags the user did not give (unknown keys dropped)."""
+    names = {f.name for f in config_fields()}
+    return {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+
+
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
@@ -246,7 +275,7 @@ def field_type(field: dataclasses.Field) -> type:
 def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None = None) -> TrainConfig:
     """Merge the user's flags over the model's recommended settings over diffusers' defaults."""
     names = {f.name for f in config_fields()}
-    recommended = {k: v for k, v in (model_recommended or {}).items() if k in names and k not in given}
+    recommended = settings_from_model(given, model_recommended)
     for key in sorted(set(model_recommended or {}) - names):
         log.warning("the model's textinv.json: ignoring unknown train setting %r", key)
     unknown = set(given) - names

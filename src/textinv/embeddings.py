@@ -417,14 +417,27 @@ def save_a1111_embedding(
 
 
 def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
-    """Write `emb` in format `to` ("diffusers" | "a1111"); the container follows the suffix of `path`."""
+    """Write `emb` in format `to` ("diffusers" | "a1111"); the container follows the suffix of `path`.
+
+    A .png with `to="a1111"` is an AUTOMATIC1111 embedding image (`save_a1111_image`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if to not in WRITE_FORMATS:
         raise TextinvError(f"unknown format {to!r}; use one of {', '.join(WRITE_FORMATS)}")
-    if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
+    a1111_image = suffix == ".png" and to == "a1111"
+    if "textinv.base_model" in emb.metadata:
+        from textinv.models import shareable_model_name
+
+        # Files written before textinv stored names may hold a local path; a converted copy is shared.
+        emb = replace(
+            emb,
+            metadata={**emb.metadata, "textinv.base_model": shareable_model_name(emb.metadata["textinv.base_model"])},
+        )
+    if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES) and not a1111_image:
         raise TextinvError(
-            f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container)"
+            f"cannot write {path.name}: the output must end in .safetensors, .bin or .pt (it picks the container), "
+            "or .png with --to a1111 (an AUTOMATIC1111 embedding image)"
         )
     if emb.is_sdxl:
         if to != "a1111" or suffix != SAFETENSORS_SUFFIX:
@@ -436,22 +449,65 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
         header = {**emb.metadata, "token": emb.token}
         return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=header))
     vectors = emb.vectors[0]
+    if a1111_image:
+        return save_a1111_image(path, emb.token, vectors, **_a1111_fields(emb.metadata))
     if to == "diffusers":
         metadata = emb.metadata if suffix == SAFETENSORS_SUFFIX else None
         return save_diffusers_embedding(path, emb.token, vectors, metadata=metadata or None)
-    meta = emb.metadata
-    # textinv's trainer records `textinv.step` / `textinv.base_model`; A1111 shows `step` / `sd_checkpoint_name`.
+    return save_a1111_embedding(path, emb.token, vectors, **_a1111_fields(emb.metadata))
+
+
+def _a1111_fields(meta: dict[str, str]) -> dict[str, Any]:
+    """A1111's `step` / `sd_checkpoint_name` from textinv's trainer metadata (`textinv.step`, `textinv.base_model`)."""
     step = meta.get("step") or meta.get("textinv.step")
     base_model = meta.get("textinv.base_model")
-    return save_a1111_embedding(
-        path,
-        emb.token,
-        vectors,
-        step=int(step) if step is not None and step.isdigit() else None,
-        sd_checkpoint=meta.get("sd_checkpoint"),
-        sd_checkpoint_name=meta.get("sd_checkpoint_name") or (Path(base_model).name if base_model else None),
-        metadata=meta,
-    )
+    return {
+        "step": int(step) if step is not None and step.isdigit() else None,
+        "sd_checkpoint": meta.get("sd_checkpoint"),
+        "sd_checkpoint_name": meta.get("sd_checkpoint_name") or (Path(base_model).name if base_model else None),
+        "metadata": meta,
+    }
+
+
+def save_a1111_image(
+    path: str | os.PathLike,
+    token: str,
+    vectors: torch.Tensor,
+    *,
+    step: int | None = None,
+    sd_checkpoint: str | None = None,
+    sd_checkpoint_name: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write an AUTOMATIC1111 embedding image: a PNG whose `sd-ti-embedding` text chunk holds the embedding.
+
+    The chunk is what A1111's own training writes ("save images with embedding in PNG chunks"): the .pt's
+    dict as JSON, each tensor as `{"TORCHTENSOR": nested lists}`, base64-encoded. A1111 names the concept by
+    the `name` inside (`token`). The picture is a card with the token, for people browsing the folder.
+    """
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    tensor = vectors.detach().to("cpu", torch.float32)
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
+    data: dict[str, Any] = {
+        "string_to_token": {"*": A1111_STAR_TOKEN_ID},
+        "string_to_param": {"*": {"TORCHTENSOR": tensor.tolist()}},
+        "name": token,
+        "step": step,
+        "sd_checkpoint": sd_checkpoint,
+        "sd_checkpoint_name": sd_checkpoint_name,
+    }
+    extra = {k: v for k, v in (metadata or {}).items() if k not in ("step", "sd_checkpoint", "sd_checkpoint_name")}
+    if extra:
+        data["textinv_metadata"] = extra
+    info = PngInfo()
+    info.add_text(IMAGE_TEXT_CHUNK, base64.b64encode(json.dumps(data).encode("utf-8")).decode("ascii"))
+    card = Image.new("RGB", (256, 256), (24, 24, 32))
+    draw = ImageDraw.Draw(card)
+    draw.text((12, 12), token, fill=(255, 255, 255))
+    draw.text((12, 232), f"{tensor.shape[0]}v x {tensor.shape[1]}" + (f", {step} steps" if step else ""), fill="grey")
+    return write_atomic(path, lambda p: card.save(p, format="PNG", pnginfo=info))
 
 
 def torch_zip_bytes(obj: Any) -> bytes:

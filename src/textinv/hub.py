@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from pathlib import Path
 
 from textinv.atomic import write_text_atomic
 from textinv.errors import TextinvError
+from textinv.layout import MODEL_CARD
+from textinv.models import ModelSource, shareable_model_name, source_from_name
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +18,7 @@ log = logging.getLogger(__name__)
 def write_model_card(
     output_dir: Path,
     *,
-    base_model: str,
+    base_model: ModelSource | str,
     placeholder_token: str,
     initializer_token: str,
     learnable_property: str,
@@ -24,9 +28,15 @@ def write_model_card(
     validation_images: list[Path] | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """README.md with YAML front matter (the Hub reads it) and how to use the embedding."""
+    """README.md with YAML front matter (the Hub reads it) and how to use the embedding.
+
+    Every snippet in it runs as written: from the folder that holds the output (or from anywhere once
+    pushed to `repo_id`), with the base model named as `models.shareable_model_name` does, never by a local path.
+    """
     output_dir = Path(output_dir)
-    load_from = repo_id or str(output_dir)
+    source = base_model if isinstance(base_model, ModelSource) else source_from_name(base_model)
+    name = shareable_model_name(source)
+    load_from = repo_id or output_dir.resolve().name
     example = validation_prompt or (
         f"a photo of a {placeholder_token}"
         if learnable_property == "object"
@@ -37,10 +47,12 @@ def write_model_card(
         rel = [p.relative_to(output_dir).as_posix() for p in validation_images if p.is_relative_to(output_dir)]
         images = "\n## Validation images\n\n" + f"Prompt: `{example}`\n\n" + "\n".join(f"![]({r})" for r in rel)
         images += "\n"
+    # The Hub checks `base_model` against its repos: only a hub id belongs there.
+    front_base = f"base_model: {name}\n" if source.kind == "hub" else ""
+    where = "" if repo_id else f"Run these from the folder that holds `{load_from}/`. "
     text = f"""---
 license: creativeml-openrail-m
-base_model: {base_model}
-tags:
+{front_base}tags:
 - stable-diffusion
 - text-to-image
 - diffusers
@@ -51,23 +63,60 @@ inference: true
 
 # Textual inversion: `{placeholder_token}`
 
-A learned {learnable_property} concept for `{base_model}`, trained with
-[textinv](https://github.com/) for {steps} steps ({num_vectors} vector(s), initialised from
-`{initializer_token}`).
+A learned {learnable_property} concept for `{name}`, trained with textinv for {steps} steps
+({num_vectors} vector(s), initialised from `{initializer_token}`).
 
 ## Use it
 
-```python
-from diffusers import StableDiffusionPipeline
+{where}{_model_note(source, name)}
 
-pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
-pipe.load_textual_inversion("{load_from}")
-image = pipe("{example}").images[0]
+```python
+{_python_usage(source, name, load_from, example)}
 ```
 
-Or from the command line: `textinv generate "{example}" --model {base_model} --concept {load_from}`.
+Or from the command line:
+
+```bash
+{_cli_usage(source, name, load_from, repo_id, example)}
+```
 {images}"""
-    return write_text_atomic(output_dir / "README.md", text)
+    return write_text_atomic(output_dir / MODEL_CARD, text)
+
+
+def _model_note(source: ModelSource, name: str) -> str:
+    if source.kind == "toy":
+        return (
+            "The base model is textinv's embedded toy model, installed with textinv "
+            "(`textinv toy path` prints its folder)."
+        )
+    if source.kind == "hub":
+        return f"The base model is [{name}](https://huggingface.co/{name})."
+    kind = "file" if source.kind == "single_file" else "folder"
+    return f"The base model `{name}` was a local {kind}: where it is not beside the concept, write its path instead."
+
+
+def _python_usage(source: ModelSource, name: str, load_from: str, example: str) -> str:
+    if source.kind == "toy":
+        head = "from diffusers import StableDiffusionPipeline\nfrom textinv.models import toy_model_dir\n\n"
+        load = "pipe = StableDiffusionPipeline.from_pretrained(toy_model_dir())"
+    elif source.kind == "single_file":
+        head = "from diffusers import StableDiffusionPipeline\n\n"
+        load = f"pipe = StableDiffusionPipeline.from_single_file({name!r})"
+    else:
+        head = "from diffusers import StableDiffusionPipeline\n\n"
+        load = f"pipe = StableDiffusionPipeline.from_pretrained({name!r})"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "", example.replace(" ", "-"))[:40] or "concept"
+    return (
+        f"{head}{load}\npipe.load_textual_inversion({load_from!r})\n"
+        f"image = pipe({example!r}).images[0]\nimage.save({stem + '.png'!r})"
+    )
+
+
+def _cli_usage(source: ModelSource, name: str, load_from: str, repo_id: str | None, example: str) -> str:
+    model = "" if source.kind == "toy" else f" --model {shlex.quote(name)}"
+    generate = f"textinv generate {shlex.quote(example)}{model} --concept {shlex.quote(load_from)}"
+    # textinv reads concepts offline (it never downloads while generating): fetch a pushed one first.
+    return f"hf download {shlex.quote(repo_id)}\n{generate}" if repo_id else generate
 
 
 def push_output_dir(output_dir: Path, *, repo_id: str | None, token: str | None) -> str:

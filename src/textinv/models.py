@@ -44,8 +44,57 @@ def looks_like_hub_id(text: str) -> bool:
     return bool(_HUB_ID.match(text)) and not text.endswith((".safetensors", ".bin", ".pt", ".ckpt"))
 
 
+# The name the embedded toy model goes by in shared files (model cards, metadata, PNG infotext).
+TOY_MODEL_NAME = "textinv-toy"
+# Model families the embedded toy model exists for (`textinv toy path --family`).
+TOY_MODEL_DIRS = {"sd1": TOY_MODEL_DIR}
+
+
 def toy_model_available() -> bool:
     return (TOY_MODEL_DIR / "model_index.json").is_file()
+
+
+def toy_model_dir(family: str = "sd1") -> Path:
+    """The embedded toy model's diffusers folder for `family`: what `textinv toy path` prints.
+
+    Why a function: a model card or a script can load the toy model in plain diffusers
+    (`StableDiffusionPipeline.from_pretrained(toy_model_dir())`) without knowing where textinv is installed.
+    """
+    if family not in TOY_MODEL_DIRS:
+        raise TextinvError(f"no embedded toy model for family {family!r}; choose one of {', '.join(TOY_MODEL_DIRS)}")
+    return TOY_MODEL_DIRS[family]
+
+
+def shareable_model_name(source: ModelSource | str) -> str:
+    """The model's name as it may appear in files that are shared: a hub id, or a folder's or file's name.
+
+    Never a local path (it would reveal a user name and a machine's layout): the embedded toy model is
+    `textinv-toy`, a folder in the Hugging Face cache is its hub id, any other folder or file its own name.
+    A plain string is read as `--pretrained_model_name_or_path` would be, without checking that it exists.
+    """
+    if isinstance(source, str):
+        source = source_from_name(source)
+    if source.kind == "toy":
+        return TOY_MODEL_NAME
+    if source.kind == "hub":
+        return source.path_or_id
+    path = Path(source.path_or_id).expanduser().resolve()
+    # A hub snapshot: .../models--ORG--NAME/snapshots/<commit>
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return path.name
+
+
+def source_from_name(name: str) -> ModelSource:
+    """What kind of source a model name is, as `resolve_model_source` would read it, without checking it exists."""
+    if name in ("", TOY_MODEL_NAME) or Path(name).expanduser().resolve() in {
+        d.resolve() for d in TOY_MODEL_DIRS.values()
+    }:
+        return ModelSource(str(TOY_MODEL_DIR), "toy")
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        return ModelSource(name, "single_file" if path.suffix.lower() in SINGLE_FILE_SUFFIXES else "folder")
+    return ModelSource(name, "hub")
 
 
 def resolve_model_source(name_or_path: str | None) -> ModelSource:

@@ -13,6 +13,7 @@ from textinv.checkpoint import list_checkpoints
 from textinv.embeddings import save_diffusers_embedding
 from textinv.errors import TextinvError
 from textinv.layout import CONCEPT_TYPE_FILE, FINAL_EMBEDDING, TOKEN_FILE, embedding_stem, step_embedding_path
+from textinv.models import shareable_model_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ def save_concept(
     `learned_embeds.safetensors` is written last: its presence marks the run as finished.
     """
     output_dir = Path(output_dir)
+    if "textinv.base_model" in metadata:
+        # The file is shared: a local model path would reveal the machine's layout (see shareable_model_name).
+        metadata = {**metadata, "textinv.base_model": shareable_model_name(metadata["textinv.base_model"])}
     for index, encoder_rows in enumerate(rows):
         save_diffusers_embedding(output_dir / f"{embedding_stem(index)}.bin", token, encoder_rows)
     write_text_atomic(output_dir / TOKEN_FILE, token)

@@ -1,13 +1,11 @@
 """Generating images with a learned concept: used by `textinv generate` and by training validation.
 
-Small on purpose, so the trainer can call it:
+Small on purpose, so the trainer can call it (a whole `textinv generate` call is `generation.generate`):
 
-    images = generate_images(pipe, "a <cat-toy> backpack", num_images=4, seed=0,
-                             num_inference_steps=30, guidance_scale=7.5)
-    text = infotext("a <cat-toy> backpack", seed=0, steps=30, guidance_scale=7.5,
-                    width=512, height=512, scheduler="dpm")
-    save_png(out / "0000-seed0.png", images[0], text)
-    save_png(out / "grid.png", make_grid(images), text)
+    recipe = SamplingRecipe(num_inference_steps=30, guidance_scale=7.5)
+    images = generate_images(pipe, "a <cat-toy> backpack", num_images=4, seed=0, **recipe.generate_kwargs())
+    paths = save_image_batch(out, images, prompt="a <cat-toy> backpack", first_seed=0, recipe=recipe,
+                             sampler=set_scheduler(pipe, None), model=source, concepts=["<cat-toy>"])
 
 Image `i` of a call uses seed `seed + i` (as AUTOMATIC1111 numbers them), drawn on the CPU so the
 same seed gives the same starting noise on any device.
@@ -343,6 +341,51 @@ def infotext(
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
     return "\n".join(lines)
+
+
+def save_image_batch(
+    folder: str | os.PathLike,
+    images: Sequence[Image.Image],
+    *,
+    prompt: str,
+    first_seed: int,
+    recipe: SamplingRecipe,
+    sampler: str,
+    model: Any = None,
+    concepts: Sequence[str] = (),
+    negative_prompt: str | None = None,
+    first_number: int = 0,
+    name_format: str = "{number:02d}.png",
+) -> list[Path]:
+    """Save a batch of `generate_images` output, each PNG with its A1111 infotext; return the paths.
+
+    The one place where image files get their settings written (`textinv generate`, training validation,
+    the web UI): image i has seed `first_seed + i` and is named `name_format` with `number` =
+    `first_number + i` and `seed`. `model` (a `ModelSource` or a name) is written by its shareable name,
+    never as a local path.
+    """
+    from textinv.models import shareable_model_name
+
+    model_name = shareable_model_name(model) if model is not None else None
+    paths = []
+    for i, image in enumerate(images):
+        seed = first_seed + i
+        text = infotext(
+            prompt,
+            seed=seed,
+            steps=recipe.num_inference_steps,
+            guidance_scale=recipe.guidance_scale,
+            width=image.width,
+            height=image.height,
+            sampler=sampler,
+            negative_prompt=negative_prompt,
+            model=model_name,
+            concepts=concepts,
+            skip_early_cfg=recipe.skip_early_cfg,
+        )
+        name = name_format.format(number=first_number + i, seed=seed)
+        paths.append(save_png(Path(folder) / name, image, text))
+    return paths
 
 
 def _number(x: float) -> str:

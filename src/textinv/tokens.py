@@ -8,12 +8,16 @@ numbers are learned (AdamW is element-wise), with a fraction of the memory and n
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from textinv.errors import TextinvError
+
+log = logging.getLogger(__name__)
 
 
 def placeholder_names(token: str, num_vectors: int) -> list[str]:
@@ -65,6 +69,32 @@ def initializer_id(tokenizer, word: str) -> int:
     return ids[0]
 
 
+def initializer_ids(tokenizer, text: str, num_vectors: int) -> tuple[int, ...]:
+    """The token id each of the `num_vectors` new rows starts from: one word, or several in order.
+
+    AUTOMATIC1111's rule ("Initialization text"): with W words for N vectors, vector i starts as word
+    i * W // N, so "orange star" gives orange, orange, star, star for 4 vectors and orange, star for 2;
+    one word starts every vector (diffusers' script). With more words than vectors the later ones are
+    skipped, as A1111 does (a warning says which). Each word must be one token, as diffusers requires.
+    """
+    words = text.split()
+    if not words:
+        raise TextinvError("--initializer_token is empty; give a word close to the concept, e.g. 'toy'")
+    ids = [initializer_id(tokenizer, word) for word in words]
+    picks = [i * len(words) // num_vectors for i in range(num_vectors)]
+    unused = [words[w] for w in range(len(words)) if w not in picks]
+    if unused:
+        log.warning(
+            "--initializer_token %r: %d words for %d vector(s), so %s start(s) no vector (AUTOMATIC1111's rule: "
+            "vector i starts as word i*words//vectors); raise --num_vectors to use every word",
+            text,
+            len(words),
+            num_vectors,
+            ", ".join(repr(w) for w in unused),
+        )
+    return tuple(ids[w] for w in picks)
+
+
 class PlaceholderEmbedding(nn.Module):
     """Token embedding = frozen original matrix, with the placeholder rows taken from a trainable fp32 tensor."""
 
@@ -93,8 +123,10 @@ class PlaceholderEmbedding(nn.Module):
         return torch.where(is_new.unsqueeze(-1), new, out)
 
 
-def install_placeholder_embedding(text_encoder, tokenizer, placeholder: Placeholder, init_id: int):
+def install_placeholder_embedding(text_encoder, tokenizer, placeholder: Placeholder, init_id: int | Sequence[int]):
     """Swap in a `PlaceholderEmbedding` whose new rows start as the initializer token's row.
+
+    `init_id`: one id for every row, or one id per row (`initializer_ids`).
 
     The original matrix is not resized while training: resizing copies all 49k rows into a new matrix
     (and makes every page of the memory-mapped original resident), about 0.3 GB for SD-1.x, to add a
@@ -104,8 +136,11 @@ def install_placeholder_embedding(text_encoder, tokenizer, placeholder: Placehol
     """
     text_encoder.requires_grad_(False)
     base = text_encoder.get_input_embeddings()
-    init = base.weight[init_id].detach().clone()
-    module = PlaceholderEmbedding(base, placeholder.ids[0], init.unsqueeze(0).repeat(len(placeholder.ids), 1))
+    ids = [init_id] * len(placeholder.ids) if isinstance(init_id, int) else list(init_id)
+    if len(ids) != len(placeholder.ids):
+        raise TextinvError(f"{len(ids)} initializer ids for {len(placeholder.ids)} placeholder vectors")
+    init = base.weight[ids].detach().clone()
+    module = PlaceholderEmbedding(base, placeholder.ids[0], init)
     text_encoder.set_input_embeddings(module)
     return module
 

@@ -28,7 +28,7 @@ import torch
 
 from textinv import checkpoint as ckpt
 from textinv.backends.pytorch import TorchBackend
-from textinv.config import TrainConfig
+from textinv.config import TrainConfig, precision_warning
 from textinv.data import (
     SampleStream,
     cache_latent_posteriors,
@@ -42,7 +42,7 @@ from textinv.families.base import FamilyAdapter
 from textinv.fp8 import store_in_fp8
 from textinv.hub import push_output_dir, write_model_card
 from textinv.layout import FINAL_EMBEDDING, step_embedding_path, validation_dir
-from textinv.models import ModelSource, load_pipeline, resolve_model_source
+from textinv.models import ModelSource, load_pipeline, resolve_model_source, shareable_model_name
 from textinv.outputs import prepare_output_dir, save_concept, save_step_embeddings
 from textinv.progress import (
     CheckpointSaved,
@@ -132,6 +132,9 @@ def setup(cfg: TrainConfig, subscribers: Sequence[Subscriber] = ()) -> Run:
     recipe = model_recipe(source, VALIDATION_RECIPE) if cfg.validation_prompt else None
     resume_from = _find_resume(cfg, output_dir)
     accelerator = _make_accelerator(cfg, output_dir)
+    warning = precision_warning(cfg.mixed_precision, accelerator.device.type)
+    if warning and accelerator.is_main_process:
+        log.warning("textinv: warning: %s", warning)
     if accelerator.is_main_process:
         prepare_output_dir(
             output_dir, resuming=cfg.resume_from_checkpoint is not None, overwrite=cfg.overwrite_output_dir
@@ -258,7 +261,7 @@ def finish(run: Run, stopped: bool) -> TrainResult:
             run.pipe.save_pretrained(run.output_dir)
         write_model_card(
             run.output_dir,
-            base_model=cfg.pretrained_model_name_or_path or "textinv-toy",
+            base_model=run.source,
             placeholder_token=cfg.placeholder_token,
             initializer_token=cfg.initializer_token or "",
             learnable_property=cfg.learnable_property,
@@ -488,7 +491,7 @@ def _save_checkpoint(run: Run) -> None:
 
 def _sample_validation(run: Run) -> None:
     paths = sample_validation_images(
-        run.pipe, run.recipe, run.cfg, device=run.accelerator.device, model_name=run.source.path_or_id,
+        run.pipe, run.recipe, run.cfg, device=run.accelerator.device, model=run.source,
         output_dir=run.output_dir, step=run.state.global_step, seed=run.state.seed,
     )  # fmt: skip
     run.events.emit(ValidationDone(run.state.global_step, tuple(paths)))
@@ -525,7 +528,7 @@ def _metadata(run: Run) -> dict[str, str]:
         "textinv.token": cfg.placeholder_token,
         "textinv.initializer_token": cfg.initializer_token or "",
         "textinv.step": str(run.state.global_step),
-        "textinv.base_model": run.source.path_or_id,
+        "textinv.base_model": shareable_model_name(run.source),
         "textinv.family": run.family.name,
         "textinv.learnable_property": cfg.learnable_property,
     }

@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from textinv.layout import validation_dir
-from textinv.sample import SamplingRecipe, generate_images, infotext, save_png, set_scheduler
+from textinv.sample import SamplingRecipe, generate_images, save_image_batch, set_scheduler
 
 # diffusers' script validates with DPM-Solver at 25 steps; a model's textinv.json may say otherwise.
 VALIDATION_RECIPE = SamplingRecipe(num_inference_steps=25, scheduler="dpm")
 
 
 def sample_validation_images(
-    pipe, recipe: SamplingRecipe, cfg, *, device, model_name: str, output_dir: Path, step: int, seed: int
+    pipe, recipe: SamplingRecipe, cfg, *, device, model, output_dir: Path, step: int, seed: int
 ) -> list[Path]:
     """Generate `--num_validation_images` for `--validation_prompt`; write them as PNGs with their infotext."""
     recipe = recipe.with_overrides(height=cfg.resolution, width=cfg.resolution)
@@ -32,20 +32,7 @@ def sample_validation_images(
         **recipe.generate_kwargs(),
     )
     pipe.vae.to(vae_device)
-    folder = validation_dir(output_dir, step)
-    paths = []
-    for i, image in enumerate(images):
-        text = infotext(
-            cfg.validation_prompt,
-            seed=seed + i,
-            steps=recipe.num_inference_steps,
-            guidance_scale=recipe.guidance_scale,
-            width=image.width,
-            height=image.height,
-            sampler=sampler,
-            model=model_name,
-            concepts=[cfg.placeholder_token],
-            skip_early_cfg=recipe.skip_early_cfg,
-        )
-        paths.append(save_png(folder / f"{i:02d}.png", image, text))
-    return paths
+    return save_image_batch(
+        validation_dir(output_dir, step), images, prompt=cfg.validation_prompt, first_seed=seed, recipe=recipe,
+        sampler=sampler, model=model, concepts=[cfg.placeholder_token],
+    )  # fmt: skip

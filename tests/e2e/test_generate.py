@@ -47,8 +47,8 @@ def test_generate_writes_pngs_grid_and_a1111_parameters(sd1_model, tmp_path, cap
     assert main(argv) == 0
     singles = sorted(out.glob("0*.png"))
     assert [p.name for p in singles] == ["0000-seed11.png", "0001-seed12.png", "0002-seed13.png"]
-    grid = Image.open(out / "grid.png")
-    assert grid.size == (3 * 32, 32)
+    grid = Image.open(out / "grid-0000.png")
+    assert grid.size == (2 * 32, 2 * 32)  # near-square: 3 images in 2 x 2
     for i, path in enumerate(singles):
         image = Image.open(path)
         assert image.size == (32, 32) and image.mode == "RGB"
@@ -108,7 +108,7 @@ def test_generate_defaults_to_the_toy_model_and_its_textinv_json(sd1_model, tmp_
     assert fields["Skip Early CFG"] == "0.4"  # AUTOMATIC1111's key for the same setting
     # flags the user gives win over the model's recommendations
     assert main(["generate", "a cube", "-n", "1", "--steps", "1", "--out", str(out), "--quiet"]) == 0
-    _, _, fields = parse_a1111_infotext(Image.open(out / "0000-seed0.png").text["parameters"])
+    _, _, fields = parse_a1111_infotext(Image.open(out / "0001-seed0.png").text["parameters"])
     assert fields["Steps"] == "1"
 
 

@@ -239,3 +239,19 @@ def test_fp8_base_with_a_full_pipeline_save_is_refused(sd1_model, concept_dir, t
     args = train_args(sd1_model, concept_dir, tmp_path / "o", "--fp8_base", "--save_as_full_pipeline")
     _fails(capsys, args, "--fp8_base", "--save_as_full_pipeline", "drop one")
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_on_a_cpu_run_is_warned_about_in_one_line(sd1_model, concept_dir, tmp_path, caplog):
+    import logging
+
+    for precision in ("fp16", "bf16"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="textinv"):
+            args = train_args(sd1_model, concept_dir, tmp_path / precision, "--mixed_precision", precision, steps=1)
+            assert run_cli(args) == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if precision == "fp16":
+            assert len(warnings) == 1 and "fp16 on the CPU" in warnings[0] and "bf16" in warnings[0], warnings
+            assert "\n" not in warnings[0]
+        else:
+            assert not warnings, warnings

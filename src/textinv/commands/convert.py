@@ -19,7 +19,11 @@ def register(subparsers) -> None:
         "Example: textinv convert out/learned_embeds.safetensors cat-toy.pt --to a1111",
     )
     p.add_argument("input", metavar="IN", help="embedding file, concept folder, or PNG/WebP with an embedding")
-    p.add_argument("output", metavar="OUT", help="output file: .safetensors, .bin or .pt")
+    p.add_argument(
+        "output",
+        metavar="OUT",
+        help="output file: .safetensors, .bin or .pt; with --to a1111 also .png (an AUTOMATIC1111 embedding image)",
+    )
     p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="format to write")
     p.add_argument("--token", default=None, help="rename the concept (default: keep its token)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         emb = replace(emb, token=args.token)
     write_embedding(out, emb, args.to)
     print(f"wrote {out} ({args.to}, token {emb.token}, {emb.num_vectors}x{emb.dim}, {emb.dtype})")
-    if args.to == "a1111" and out.stem != emb.token:
-        # AUTOMATIC1111 and ComfyUI name a concept after its file, not after the token inside it.
-        print(f"in AUTOMATIC1111 write {out.stem} in prompts (ComfyUI: embedding:{out.stem})")
+    if args.to == "a1111" and out.suffix.lower() != ".png" and out.stem != emb.token:
+        # AUTOMATIC1111 and ComfyUI name a concept file after the file, not after the token inside it
+        # (an embedding image after the name inside); textinv generate accepts the file's name too.
+        print(f"in AUTOMATIC1111 and textinv generate write {out.stem} in prompts (ComfyUI: embedding:{out.stem})")
     return 0

@@ -11,6 +11,8 @@ log = logging.getLogger("textinv")
 
 
 def register(subparsers) -> None:
+    from textinv.models import TOY_MODEL_DIRS
+
     parser = subparsers.add_parser(
         "toy",
         help="the shapes world, its judge and the embedded toy model",
@@ -35,8 +37,19 @@ def register(subparsers) -> None:
     p.add_argument("images_dir", type=Path)
     p.add_argument("--expect", required=True, help="'COLOUR SHAPE' or 'SHAPE', e.g. 'orange star'")
     p.add_argument("--background", default=None, help="also score this background")
+    p.add_argument(
+        "--numbers",
+        type=number_range,
+        default=None,
+        metavar="FIRST-LAST",
+        help="only the images `textinv generate` numbered FIRST to LAST: one call's images, as it reports them",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_score)
+
+    p = sub.add_parser("path", help="print the embedded toy model's folder (plain diffusers loads it)")
+    p.add_argument("--family", default="sd1", choices=tuple(TOY_MODEL_DIRS), help="model family (default: sd1)")
+    p.set_defaults(func=run_path)
 
     p = sub.add_parser("build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded one)")
@@ -45,6 +58,18 @@ def register(subparsers) -> None:
     p.add_argument("--model-only", action="store_true", help="retrain only the text-to-image model")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_build)
+
+
+def number_range(text: str) -> tuple[int, int]:
+    """`8-15` -> (8, 15); `8` -> (8, 8)."""
+    first, _, last = text.partition("-")
+    try:
+        numbers = (int(first), int(last or first))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST-LAST, e.g. 8-15") from None
+    if numbers[0] > numbers[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: FIRST must not exceed LAST")
+    return numbers
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -73,12 +98,19 @@ def run_images(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from textinv.toy import judge, world
 
-    result = judge.score_folder(args.images_dir, args.expect, args.background)
+    result = judge.score_folder(args.images_dir, args.expect, args.background, args.numbers)
     if args.json:
         print(json.dumps(result))
     else:
         rates = ", ".join(f"{k} {v:.0%}" for k, v in result.items() if k not in ("match", "n"))
         print(f"{result['match']:.0%} of {result['n']} images show {world.with_article(args.expect)} ({rates})")
+    return 0
+
+
+def run_path(args: argparse.Namespace) -> int:
+    from textinv.models import toy_model_dir
+
+    print(toy_model_dir(args.family))
     return 0
 
 

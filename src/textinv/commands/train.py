@@ -30,18 +30,19 @@ def register(subparsers) -> None:
         default = f" (default: {field.default})" if field.default not in (None, False) else ""
         if hint is bool:
             parser.add_argument(*names, action="store_true", help=meta["help"] + default)
+        elif "choices" in meta:
+            choices = f" One of: {', '.join(meta['choices'])}."
+            parser.add_argument(*names, type=hint, choices=meta["choices"], help=meta["help"] + choices + default)
         else:
-            kwargs = {"type": hint, "help": meta["help"] + default, "metavar": field.name.upper()}
-            if "choices" in meta:
-                kwargs["choices"] = meta["choices"]
-            parser.add_argument(*names, **kwargs)
+            parser.add_argument(*names, type=hint, help=meta["help"] + default, metavar=field.name.upper())
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from textinv.models import model_defaults, resolve_model_source
+    from textinv.config import settings_from_model
+    from textinv.models import DEFAULTS_FILE, model_defaults, resolve_model_source
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "argv")}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "argv", "debug")}
     source = resolve_model_source(given.get("pretrained_model_name_or_path"))
     if source.kind == "toy":
         log.info(
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         )
     recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
     cfg = build_config(given, recommended)
+    from_model = settings_from_model(given, recommended)
+    if from_model:
+        values = ", ".join(f"--{k} {v}" for k, v in from_model.items())
+        log.info("textinv: from the model's %s (your flags win over it): %s", DEFAULTS_FILE, values)
     result = train_until_done_or_interrupted(cfg)
     if result.stopped:
         again = continue_command(getattr(args, "argv", None))

@@ -19,7 +19,7 @@ from textinv.tokens import (
     Placeholder,
     PlaceholderEmbedding,
     add_placeholder_tokens,
-    initializer_id,
+    initializer_ids,
     install_placeholder_embedding,
 )
 
@@ -63,12 +63,13 @@ class FamilyAdapter(ABC):
         return [emb.rows for emb in self.embeddings]
 
     def add_placeholder(self, token: str, num_vectors: int, initializer: str) -> None:
-        """Add the token to every tokenizer and install trainable rows, initialised from `initializer`."""
+        """Add the token to every tokenizer and install trainable rows, initialised from `initializer`'s word(s)
+        (`tokens.initializer_ids`: A1111's rule for several words)."""
         for tokenizer, encoder in self.pairs:
             placeholder = add_placeholder_tokens(tokenizer, token, num_vectors)
-            init_id = initializer_id(tokenizer, initializer)
+            init_ids = initializer_ids(tokenizer, initializer, num_vectors)
             self.placeholders.append(placeholder)
-            self.embeddings.append(install_placeholder_embedding(encoder, tokenizer, placeholder, init_id))
+            self.embeddings.append(install_placeholder_embedding(encoder, tokenizer, placeholder, init_ids))
 
     @property
     def prompt_string(self) -> str:

@@ -411,8 +411,23 @@ def build(
     return out
 
 
+def load_text_encoder_in_float32(out: Path) -> None:
+    """Mark the fp16-stored text encoder to load as float32, as diffusers loads the fp16-stored UNet and VAE.
+
+    Why: transformers loads a model in the `dtype` its config names, diffusers its models in float32, so
+    a plain `StableDiffusionPipeline.from_pretrained(folder)` would pair an fp16 text encoder with an fp32
+    UNet and fail ("mat1 and mat2 must have the same dtype"). Only the config changes; the stored values do not.
+    """
+    config_path = out / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = "float32"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipeline(pipe, out: Path) -> None:
-    """Save in fp16 safetensors, with the tokenizer as vocab.json + merges.txt (no 3.6 MB tokenizer.json).
+    """Save in fp16 safetensors (loaded as float32), the tokenizer as vocab.json + merges.txt (no tokenizer.json).
 
     transformers 5 saves a tokenizer as tokenizer.json only, so the real CLIP tokenizer's small files
     are copied in instead; they are read first because `out` may be the folder they come from.
@@ -423,6 +438,7 @@ def save_pipeline(pipe, out: Path) -> None:
             shutil.rmtree(out / part, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     pipe.to(torch.float32)
+    load_text_encoder_in_float32(out)
     shutil.rmtree(out / "tokenizer")
     (out / "tokenizer").mkdir()
     for name, data in files.items():

@@ -6,6 +6,7 @@ with the toy model's recommended settings from its textinv.json.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,11 @@ def run_demo(
             f"the demo learns a colour and a shape; write e.g. 'orange {shape}' (colours: {', '.join(world.COLOURS)})"
         )
     out = Path(out_dir)
+    if (out / "embedding").is_dir():
+        # The demo's own earlier run: replaced, and said so in the demo's words (the user passed no
+        # --overwrite_output_dir, so the trainer's message about that flag would puzzle them).
+        shutil.rmtree(out / "embedding")
+        report(f"demo: replacing the earlier demo run in {out}")
     data_dir = out / "concept"
     paths = world.write_concept_images(concept, data_dir, 5, seed=seed + 1)
     report(f"demo: wrote 5 images of {world.with_article(concept)} to {data_dir}")

@@ -25,7 +25,7 @@ from textinv.toy import world
 
 JUDGE_FILE = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
 ATTRIBUTES = ("shape", "colour", "background")
-GRID_FILE = "grid.png"
+GRID_PREFIX = "grid"
 
 
 class Judge(nn.Module):
@@ -183,12 +183,23 @@ def classify(images: Sequence[Image.Image], judge: Judge | None = None) -> list[
     return [{a: names[a][picks[a][i]] for a in ATTRIBUTES} for i in range(len(images))]
 
 
-def image_files(folder: str | Path) -> list[Path]:
+def image_files(folder: str | Path, numbers: tuple[int, int] | None = None) -> list[Path]:
+    """The sample images in `folder`: grids skipped; with `numbers` (first, last), only `textinv generate`'s
+    images numbered in that range (one call's images, which it reports)."""
+    from textinv.generation import image_number
+
     folder = Path(folder)
     if not folder.is_dir():
         raise TextinvError(f"{folder} is not a folder; pass a folder of generated images")
-    # `textinv generate` writes a grid.png of all images beside them; it is not a sample.
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE)
+    # `textinv generate` writes grid-NNNN.png (the demo grid.png) of all images beside them; a grid is not a sample.
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(GRID_PREFIX)
+    )
+    if numbers is not None:
+        first, last = numbers
+        files = [p for p in files if (n := image_number(p)) is not None and first <= n <= last]
+        if not files:
+            raise TextinvError(f"no images numbered {first}-{last} in {folder}; check the numbers generate printed")
     if not files:
         raise TextinvError(f"no images (.png/.jpg/.webp) in {folder}; generate some first")
     return files
@@ -224,10 +235,12 @@ def score(
     return result
 
 
-def score_folder(folder: str | Path, expect: str, background: str | None = None) -> dict[str, float | int]:
-    """`score` over every image file in `folder`."""
+def score_folder(
+    folder: str | Path, expect: str, background: str | None = None, numbers: tuple[int, int] | None = None
+) -> dict[str, float | int]:
+    """`score` over the image files in `folder` (see `image_files`)."""
     images = []
-    for path in image_files(folder):
+    for path in image_files(folder, numbers):
         with Image.open(path) as im:
             images.append(im.convert("RGB"))
     return score(images, expect, background)
