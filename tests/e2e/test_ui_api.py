@@ -70,8 +70,8 @@ def test_generate_with_an_uploaded_concept_file_and_train_errors_as_one_line(tmp
                 template_file=handle_file(str(bad_template)),
                 api_name="/train",
             )
-        with pytest.raises(AppError, match=r"'orange star' is 2 tokens"):  # found by the worker, after loading
-            client.predict(images=images, placeholder_token="<t>", initializer_token="orange star", api_name="/train")
+        with pytest.raises(AppError, match=r"'zxq' is 2 tokens"):  # found by the worker, after loading the model
+            client.predict(images=images, placeholder_token="<t>", initializer_token="zxq", api_name="/train")
         assert not (tmp_path / "root" / "t" / "learned_embeds.safetensors").exists()
         gallery, files = client.predict(
             prompt="a <blob> on a white background",

@@ -43,8 +43,8 @@ def _train(page) -> None:
     assert "5 image(s)" in page.locator("#train-upload-note").inner_text()
     page.locator("#train-token input, #train-token textarea").first.fill("<pw-star>")
     init = page.locator("#train-init input, #train-init textarea").first
-    init.fill("orange star")
-    page.get_by_text("is 2 tokens").wait_for()  # checked as you type: not one token
+    init.fill("zxq")
+    page.get_by_text("is 2 tokens").wait_for()  # checked as you type: a word the tokenizer splits
     init.fill("star")
     page.get_by_text("is one token").wait_for()
     page.locator("#cfg-max_train_steps input").fill("4")

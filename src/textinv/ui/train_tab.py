@@ -45,20 +45,24 @@ def _tokenizer(model: str | None):
     return CLIPTokenizer.from_pretrained(folder / "tokenizer")
 
 
-def check_initializer(model: str | None, word: str) -> str:
-    """The as-you-type check: one token, or the library's one-line message."""
-    from textinv.tokens import initializer_id
+def check_initializer(model: str | None, text: str) -> str:
+    """The as-you-type check: each word one token (several words start the vectors in turn), or the library's
+    one-line message."""
+    from textinv.tokens import initializer_ids
 
-    if not word.strip():
-        return "One existing word close to the concept, e.g. *star* or *toy*."
+    words = text.split()
+    if not words:
+        return "One existing word close to the concept, e.g. *star* or *toy* (several words: one per vector)."
     tokenizer = _tokenizer(model)
     if tokenizer is None:
         return "Checked when training starts (this model's tokenizer is not in a folder)."
     try:
-        initializer_id(tokenizer, word.strip())
+        initializer_ids(tokenizer, text, num_vectors=len(words))
     except TextinvError as exc:
         return f"⚠️ {exc}"
-    return f"✓ *{word.strip()}* is one token."
+    if len(words) == 1:
+        return f"✓ *{words[0]}* is one token."
+    return f"✓ every word is one token; with {len(words)} vectors each starts as one word, in order."
 
 
 def preview(files: list[str] | None) -> tuple[list[str], str]:

@@ -80,3 +80,12 @@ def test_command_line_runs_the_same_config():
     fields = {f.name for f in config_fields()}
     parsed = {k: v for k, v in vars(args).items() if k in fields}
     assert build_config(parsed) == build_config({k: v for k, v in given.items() if v is not None})
+
+
+def test_initializer_check_as_you_type_follows_the_librarys_rule():
+    from textinv.ui.train_tab import check_initializer
+
+    assert check_initializer(None, "star").startswith("✓ *star* is one token")
+    assert check_initializer(None, "orange star").startswith("✓ every word is one token")
+    assert "'zxq' is 2 tokens" in check_initializer(None, "zxq")
+    assert "e.g. *star*" in check_initializer(None, "  ")
