@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +68,12 @@ class TrainConfig:
     )
     learnable_property: str = _flag(
         "object", "What the images share: an 'object' or a 'style'.", choices=("object", "style")
+    )
+    template_file: str | None = _flag(
+        None,
+        "A text file of prompt templates, one per line, as AUTOMATIC1111's: [name] is the concept's token, "
+        "[filewords] the image's caption, read from IMAGE.txt beside each image (empty when missing). "
+        "Default: diffusers' templates for --learnable_property.",
     )
     repeats: int = _flag(100, "How many times each image appears per epoch.")
     num_vectors: int = _flag(1, "Embedding vectors for the concept (<tok>, <tok>_1, ...).")
@@ -227,6 +235,10 @@ class TrainConfig:
         for name in ("placeholder_token", "initializer_token", "train_data_dir"):
             if not getattr(self, name):
                 raise TextinvError(f"--{name} is required")
+        if self.template_file:
+            from textinv.data import load_template_file
+
+            load_template_file(self.template_file)  # a bad file stops the run before the model loads
         if any(ch.isspace() for ch in self.placeholder_token or ""):
             raise TextinvError(
                 f"--placeholder_token {self.placeholder_token!r} contains whitespace; use one word like '<my-cat>'"
@@ -267,6 +279,14 @@ def settings_from_model(given: dict[str, Any], model_recommended: dict[str, Any]
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+def field_type(field: dataclasses.Field) -> type:
+    """The value type of a config field (`int` for `int | None`): what the CLI parses and the UI's widget holds."""
+    hint = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing), {})  # noqa: S307
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None = None) -> TrainConfig:

@@ -8,6 +8,7 @@ and identical whether its global batch is split over one process or several.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # Image files by name, for listing a folder of pictures (training itself tries every file PIL can open).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# A caption lives beside its image as IMAGE.txt (kohya's and A1111's convention); never warned about as an image.
+CAPTION_SUFFIX = ".txt"
+NAME_TAG, FILEWORDS_TAG = "[name]", "[filewords]"
 
 
 def _templates(kinds: list[str], phrases: list[str]) -> list[str]:
@@ -100,6 +104,9 @@ def load_concept_images(folder: str | Path) -> tuple[list[Image.Image], list[Pat
         raise TextinvError(f"--train_data_dir {folder} is empty; put 3-5 .png/.jpg images of the concept there")
     images, used, skipped = [], [], []
     for path in files:
+        if path.suffix.lower() == CAPTION_SUFFIX:
+            skipped.append(path.name)  # a caption beside its image (IMAGE.txt), not an unreadable image
+            continue
         try:
             with Image.open(path) as im:
                 im.load()
@@ -272,3 +279,118 @@ def tokenize_templates(tokenizer, templates: list[str], prompt_string: str) -> t
         max_length=tokenizer.model_max_length,
         return_tensors="pt",
     ).input_ids
+
+
+def load_template_file(path: str | Path) -> list[str]:
+    """A user's prompt templates, one per line (A1111's format): `[name]` is the concept, `[filewords]` the caption.
+
+    Blank lines are ignored. Every template must contain `[name]`: a prompt without the placeholder
+    gives its new rows no gradient, so such a line would only waste steps.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TextinvError(
+            f"--template_file {path} does not exist; give a text file with one template per line"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TextinvError(
+            f"--template_file {path} is not readable as UTF-8 text ({type(exc).__name__}); "
+            "give a text file with one template per line"
+        ) from None
+    lines = [(number, " ".join(line.split())) for number, line in enumerate(text.splitlines(), start=1)]
+    templates = [(number, line) for number, line in lines if line]
+    if not templates:
+        raise TextinvError(
+            f"--template_file {path} is empty; write one prompt template per line, e.g. 'a photo of a {NAME_TAG}'"
+        )
+    for number, line in templates:
+        if NAME_TAG not in line:
+            raise TextinvError(
+                f"--template_file {path} line {number} ({line!r}) has no {NAME_TAG}; every template needs "
+                f"{NAME_TAG} where the concept goes, e.g. 'a photo of a {NAME_TAG}, {FILEWORDS_TAG}'"
+            )
+    return [line for _, line in templates]
+
+
+def caption_path(image_path: str | Path) -> Path:
+    """Where an image's caption lives: `IMAGE.txt` beside `IMAGE.png`."""
+    return Path(image_path).with_suffix(CAPTION_SUFFIX)
+
+
+def read_captions(image_paths: list[Path]) -> list[str]:
+    """The caption of each image (`IMAGE.txt` beside it, whitespace collapsed to one line); "" when it has none."""
+    captions = []
+    for image_path in image_paths:
+        path = caption_path(image_path)
+        if not path.exists():
+            captions.append("")
+            continue
+        try:
+            captions.append(" ".join(path.read_text(encoding="utf-8-sig").split()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TextinvError(
+                f"caption {path} is not readable as UTF-8 text ({type(exc).__name__}); "
+                "save it as a UTF-8 text file or remove it"
+            ) from None
+    return captions
+
+
+def prompt_table(
+    prompt_string: str,
+    num_images: int,
+    learnable_property: str = "object",
+    templates: list[str] | None = None,
+    captions: list[str] | None = None,
+) -> list[list[str]]:
+    """The training prompt texts, `table[image_index][template_index]`.
+
+    Without `templates`: diffusers' templates for `learnable_property`, the same row for every image
+    (exactly what training used before captions existed). With them: `[name]` becomes `prompt_string`
+    and `[filewords]` that image's caption (empty when it has none).
+    """
+    if templates is None:
+        row = [template.format(prompt_string) for template in templates_for(learnable_property)]
+        return [list(row) for _ in range(num_images)]
+    captions = captions if captions is not None else [""] * num_images
+    if len(captions) != num_images:
+        raise ValueError(f"{len(captions)} captions for {num_images} images")
+    return [
+        [" ".join(t.replace(NAME_TAG, prompt_string).replace(FILEWORDS_TAG, caption).split()) for t in templates]
+        for caption in captions
+    ]
+
+
+def training_prompts(
+    image_paths: list[Path], prompt_string: str, learnable_property: str, template_file: str | None
+) -> list[list[str]]:
+    """`prompt_table` for a run: `--template_file` and the images' captions when given, else diffusers' templates."""
+    if not template_file:
+        if any(caption_path(p).is_file() for p in image_paths):
+            log.info("note: caption files (IMAGE.txt) are used only by a --template_file with %s", FILEWORDS_TAG)
+        return prompt_table(prompt_string, len(image_paths), learnable_property)
+    templates = load_template_file(template_file)
+    captions = read_captions(image_paths)
+    if any(FILEWORDS_TAG in t for t in templates) and not any(captions):
+        log.warning(
+            "--template_file uses %s but no image has a caption file (IMAGE%s beside it); [filewords] stays empty",
+            FILEWORDS_TAG,
+            CAPTION_SUFFIX,
+        )
+    elif any(captions) and not any(FILEWORDS_TAG in t for t in templates):
+        log.warning("the images have captions but no template uses %s, so they are not used", FILEWORDS_TAG)
+    return prompt_table(prompt_string, len(image_paths), learnable_property, templates, captions)
+
+
+def tokenize_prompt_table(
+    tokenize: Callable[[list[str]], tuple[torch.Tensor, ...]], table: list[list[str]]
+) -> tuple[torch.Tensor, ...]:
+    """Every training prompt tokenized once, per tokenizer (`tokenize` is a family's `tokenize`): [rows, templates, L].
+
+    rows is 1 when every image has the same prompts (no captions: exactly the shared [1, templates, L] table
+    of before), else one row per image, indexed by the draws' (image_idx, template_idx).
+    """
+    rows = table if any(row != table[0] for row in table) else table[:1]
+    flat = [text for row in rows for text in row]
+    return tuple(ids.view(len(rows), len(rows[0]), -1) for ids in tokenize(flat))

@@ -36,7 +36,8 @@ from textinv.data import (
     cache_latent_posteriors,
     flips_drawn,
     load_concept_images,
-    templates_for,
+    tokenize_prompt_table,
+    training_prompts,
 )
 from textinv.errors import TextinvError, TrainingDiverged
 from textinv.families import adapter_for, describe_family
@@ -307,8 +308,8 @@ def _load_frozen_model(cfg: TrainConfig, source: ModelSource, accelerator, weigh
 
 
 def _prepare_data(cfg: TrainConfig, pipe, family: FamilyAdapter, unet, device, weight_dtype):
-    """Images → VAE posteriors (once per image and flip); prompt templates → token ids, [1, templates, L] each."""
-    images, _ = load_concept_images(cfg.train_data_dir)
+    """Images → VAE posteriors (once per image and flip); prompts → token ids, [1 or images, templates, L] each."""
+    images, image_paths = load_concept_images(cfg.train_data_dir)
     family.set_images([image.size for image in images], cfg.resolution, cfg.center_crop)
     for encoder in family.text_encoders:
         encoder.to(device)
@@ -323,8 +324,9 @@ def _prepare_data(cfg: TrainConfig, pipe, family: FamilyAdapter, unet, device, w
     # The UNet goes to the device only now: on a GPU the VAE's encode at full resolution and the UNet are
     # never resident together, so the peak is the larger of the two phases, not their sum.
     unet.to(device)
-    texts = [t.format(family.prompt_string) for t in templates_for(cfg.learnable_property)]
-    prompt_ids = tuple(ids.unsqueeze(0) for ids in family.tokenize(texts))
+    # prompts[image][template]: diffusers' templates (one shared row), or --template_file with each image's caption.
+    table = training_prompts(image_paths, family.prompt_string, cfg.learnable_property, cfg.template_file)
+    prompt_ids = tokenize_prompt_table(family.tokenize, table)
     return posteriors, prompt_ids, len(images)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 # Listed by module name so that a sub-command's heavy imports happen only when it runs.
-COMMAND_MODULES = ("train", "generate", "convert", "inspect", "toy", "demo")
+COMMAND_MODULES = ("train", "generate", "convert", "inspect", "toy", "demo", "ui")
 
 
 def iter_command_modules():

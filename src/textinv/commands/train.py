@@ -6,19 +6,10 @@ import argparse
 import logging
 import shlex
 import signal
-import types
-import typing
 
-from textinv.config import TrainConfig, build_config, config_fields
+from textinv.config import TrainConfig, build_config, config_fields, field_type
 
 log = logging.getLogger("textinv")
-
-
-def _flag_type(field) -> type | None:
-    hint = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing), {})  # noqa: S307
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
 
 
 def register(subparsers) -> None:
@@ -37,7 +28,7 @@ def register(subparsers) -> None:
     for field in config_fields():
         meta = field.metadata
         names = [f"--{field.name}", *meta.get("aliases", ())]
-        hint = _flag_type(field)
+        hint = field_type(field)
         default = f" (default: {field.default})" if field.default not in (None, False) else ""
         if hint is bool:
             parser.add_argument(*names, action="store_true", help=meta["help"] + default)
