@@ -15,13 +15,13 @@ from helpers import REPO, learned, train_args
 # Batch 16 makes the placeholder rows' backward multi-threaded; 24 steps make `--cpu_conv/--cpu_matmul auto` time
 # the kernels (seeded runs then share this machine's stored plan); two threads, as a laptop would run.
 STEPS = 24
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def _start(model, data, out, *extra) -> subprocess.Popen:
     args = train_args(model, data, out, "--train_batch_size", "16", *extra, steps=STEPS)
     cmd = [sys.executable, "-m", "textinv", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}  # read now: the test's own plan store
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> str:
