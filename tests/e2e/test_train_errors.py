@@ -47,11 +47,11 @@ def test_data_dir_without_readable_images(sd1_model, tmp_path, capsys):
 def test_corrupt_files_are_skipped_with_a_warning(sd1_model, tmp_path, caplog):
     d = write_concept_images(tmp_path / "mixed", n=3)
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10)
-    (d / "readme.txt").write_text("not an image")
+    (d / "notes.md").write_text("not an image")  # (.txt files are captions: read, never warned about)
     with caplog.at_level(logging.WARNING):
         assert run_cli(train_args(sd1_model, d, tmp_path / "o", steps=1)) == 0
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "broken.jpg" in warned and "readme.txt" in warned
+    assert "broken.jpg" in warned and "notes.md" in warned
 
 
 def test_placeholder_already_in_vocabulary(sd1_model, concept_dir, tmp_path, capsys):

