@@ -299,3 +299,13 @@ def build_config(given: dict[str, Any], model_recommended: dict[str, Any] | None
     if unknown:
         raise TextinvError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     return TrainConfig(**{**recommended, **given})
+
+
+def config_for_model(given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run's config as `textinv train` and the web UI build it: the user's flags over the model's recommended
+    settings (its textinv.json) over the defaults; and which values the model's file filled."""
+    from textinv.models import model_defaults, resolve_model_source
+
+    source = resolve_model_source(given.get("pretrained_model_name_or_path"))
+    recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
+    return build_config(given, recommended), settings_from_model(given, recommended)

@@ -7,7 +7,7 @@ import logging
 import shlex
 import signal
 
-from textinv.config import TrainConfig, build_config, config_fields, field_type
+from textinv.config import TrainConfig, config_fields, field_type
 
 log = logging.getLogger("textinv")
 
@@ -41,8 +41,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textinv.config import settings_from_model
-    from textinv.models import DEFAULTS_FILE, model_defaults, resolve_model_source
+    from textinv.config import config_for_model
+    from textinv.models import DEFAULTS_FILE, resolve_model_source
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "argv", "debug")}
     source = resolve_model_source(given.get("pretrained_model_name_or_path"))
@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
             "textinv: no --pretrained_model_name_or_path given; using the embedded toy model (%s)",
             source.path_or_id,
         )
-    recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
-    cfg = build_config(given, recommended)
-    from_model = settings_from_model(given, recommended)
+    cfg, from_model = config_for_model(given)
     if from_model:
         values = ", ".join(f"--{k} {v}" for k, v in from_model.items())
         log.info("textinv: from the model's %s (your flags win over it): %s", DEFAULTS_FILE, values)

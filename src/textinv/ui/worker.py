@@ -54,15 +54,12 @@ def run_training(given: dict[str, Any], events: Any, stop_event: Any) -> None:
     """The worker process: build the config as `textinv train` does, train, report events; errors as one line."""
     try:
         from textinv.cli import quiet_libraries
-        from textinv.config import TrainConfig, build_config
-        from textinv.models import model_defaults, resolve_model_source
+        from textinv.config import config_for_model
         from textinv.progress import StopRequest
         from textinv.train import train
 
         quiet_libraries()
-        source = resolve_model_source(given.get("pretrained_model_name_or_path"))
-        recommended = model_defaults(source, "train", given.get("learnable_property", TrainConfig.learnable_property))
-        cfg = build_config(given, recommended)
+        cfg, _ = config_for_model(given)
         stop = StopRequest()
         # The server asks through a process-shared event; the trainer polls its own thread-safe StopRequest.
         threading.Thread(target=lambda: stop_event.wait() and stop.request(), daemon=True).start()
