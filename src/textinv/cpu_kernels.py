@@ -12,6 +12,7 @@ interleaved, best reading counted; each shape then runs on its fastest set (`pic
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -552,7 +553,7 @@ def plan_cpu_kernels(
 
     `record_forward` runs one training forward; it is called at most once, and only when something is timed.
     """
-    calls = _memo(lambda: record_kernel_calls(record_forward))
+    calls = functools.cache(lambda: record_kernel_calls(record_forward))  # recorded at most once, on first use
     prior = KernelPlan.from_state(resumed) if resumed is not None else None
     on_cpu = accelerator.device.type == "cpu"
     timed_by_seed = (
@@ -606,12 +607,6 @@ def _shared_plan(accelerator, stored):
 
     state = broadcast_object_list([None if stored is None else (str(stored.path), stored.state)])[0]
     return stored if stored is not None else StoredPlan(Path(state[0]), state[1])
-
-
-def _memo(make):
-    """A call made at most once, on first use."""
-    box: list[Any] = []
-    return lambda: box[0] if box else (box.append(make()) or box[0])
 
 
 def routes_calls(cfg) -> bool:
