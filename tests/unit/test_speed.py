@@ -377,3 +377,50 @@ def test_torchvision_shim_crops_as_torchvision():
     torch.manual_seed(0)
     top, left, h, w = transforms.RandomCrop.get_params(img, (10, 10))
     assert 0 <= top <= 20 and 0 <= left <= 30 and (h, w) == (10, 10)
+
+
+@pytest.fixture(scope="module")
+def contention():
+    sys.path.insert(0, str(BENCH))  # contention.py imports train_speed as its sibling
+    try:
+        return _load("contention")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_contention_table_gives_slow_down_and_ratios_in_each_setting(contention):
+    def row(trainer, contended, s_step):
+        return {"trainer": trainer, "contended": contended, "s_step": s_step, "error": None, "competitor_cpu": None}
+
+    def one_round(textinv_solo, textinv_busy, ref_solo, ref_busy):
+        return [
+            row("textinv", False, textinv_solo),
+            row("textinv", True, textinv_busy),
+            row("reference", False, ref_solo),
+            row("reference", True, ref_busy),
+        ]
+
+    rounds = [one_round(2.0, 4.0, 5.0, 20), one_round(3.0, 5.0, 7.0, 30)]
+    med = contention.summarise(rounds)
+    assert med[("textinv", False)] == 2.5 and med[("reference", True)] == 25
+    table = contention.format_table(med, ["textinv", "reference"], "loop")
+    # textinv: 2.5 -> 4.5 s/step is a 1.80x slow-down; 6.0/2.5 = 2.40x the reference alone, 25/4.5 = 5.56x contended
+    assert "| textinv | 2.50 | 4.50 | 1.80× | 2.40× | 5.56× |" in table
+    assert "| reference | 6.00 | 25.00 | 4.17× | 1.00× | 1.00× |" in table
+
+
+def test_contention_failed_round_is_reported_not_averaged(contention):
+    rows = [{"trainer": "textinv", "contended": True, "s_step": None, "error": "exit 1", "competitor_cpu": 1.0}]
+    rows.append({"trainer": "textinv", "contended": False, "s_step": 2.0, "error": None, "competitor_cpu": None})
+    med = contention.summarise([rows])
+    assert med[("textinv", True)] is None
+    assert "| textinv | 2.00 | — | — | — | — |" in contention.format_table(med, ["textinv"], "loop")
+
+
+def test_contention_competitor_uses_a_core_until_stopped(contention):
+    import time
+
+    proc = contention.start_competitor("loop")
+    time.sleep(1.0)
+    cpu = contention.stop_competitor(proc)
+    assert 0.3 < cpu < 5 and proc.poll() is not None
