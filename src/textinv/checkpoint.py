@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from textinv.atomic import atomic_dir
 from textinv.errors import TextinvError
+from textinv.safetensors_file import save_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_JSON = "training_state.json"
@@ -65,7 +66,7 @@ def save_checkpoint(
     target = Path(output_dir) / f"checkpoint-{state.global_step}"
     with atomic_dir(target) as tmp:
         tensors = {_rows_key(i): r.detach().to("cpu", torch.float32).contiguous() for i, r in enumerate(rows)}
-        save_file(tensors, str(tmp / ROWS_FILE))
+        save_tensors(tensors, tmp / ROWS_FILE)
         write_payload(tmp)
         (tmp / STATE_JSON).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
     if limit is not None:

@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from textinv.atomic import write_atomic
 from textinv.errors import TextinvError
 from textinv.families import SDXL_ENCODER_KEYS, family_of_dims
 from textinv.layout import CONCEPT_TYPE_FILE, FOLDER_EMBEDDING_NAMES, TOKEN_FILE, embedding_stem
+from textinv.safetensors_file import save_tensors
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt")
@@ -402,7 +402,7 @@ def save_diffusers_embedding(
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
     if path.suffix == ".safetensors":
-        return write_atomic(path, lambda p: save_file({token: tensor}, str(p), metadata=metadata or None))
+        return save_tensors({token: tensor}, path, metadata)
     return write_atomic(path, lambda p: p.write_bytes(torch_zip_bytes({token: tensor})))
 
 
@@ -429,7 +429,7 @@ def save_a1111_embedding(
         header = {**extra, "token": token}
         if step is not None:
             header["step"] = str(step)
-        return write_atomic(path, lambda p: save_file({A1111_SAFETENSORS_KEY: tensor}, str(p), metadata=header))
+        return save_tensors({A1111_SAFETENSORS_KEY: tensor}, path, header)
     data: dict[str, Any] = {
         "string_to_token": {"*": A1111_STAR_TOKEN_ID},
         "string_to_param": {"*": tensor},
@@ -480,7 +480,7 @@ def write_embedding(path: str | os.PathLike, emb: Embedding, to: str) -> Path:
             # even a name, breaks its loader); it is named after the file, as for its .safetensors.
             return write_atomic(path, lambda p: p.write_bytes(torch_zip_bytes(tensors)))
         header = {**emb.metadata, "token": emb.token}
-        return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=header))
+        return save_tensors(tensors, path, header)
     vectors = emb.vectors[0]
     if a1111_image:
         return save_a1111_image(path, emb.token, vectors, **_a1111_fields(emb.metadata))

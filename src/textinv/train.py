@@ -288,7 +288,7 @@ def _load_frozen_model(cfg: TrainConfig, source: ModelSource, accelerator, weigh
         torch.backends.cudnn.allow_tf32 = True
     pipe = load_pipeline(source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype)
     if cfg.tokenizer_name:
-        pipe.tokenizer = _load_tokenizer(cfg.tokenizer_name)
+        replace_tokenizers(pipe, cfg.tokenizer_name)
     family = adapter_for(pipe)
     unet = pipe.unet
     for module in (unet, pipe.vae, *family.text_encoders):
@@ -451,13 +451,28 @@ def _configure_attention_and_memory(cfg: TrainConfig, unet, text_encoders) -> No
             encoder.train()
 
 
-def _load_tokenizer(name: str):
+def replace_tokenizers(pipe, name: str) -> None:
+    """`--tokenizer_name`: the model's tokenizer replaced, as in diffusers' script; an SDXL model's two from the
+    folder's (or hub id's) `tokenizer/` and `tokenizer_2/`, never only the first."""
     from transformers import CLIPTokenizer
 
+    if getattr(pipe, "tokenizer_2", None) is None:
+        try:
+            pipe.tokenizer = CLIPTokenizer.from_pretrained(name)
+        except Exception as exc:
+            raise TextinvError(
+                f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path"
+            ) from exc
+        return
     try:
-        return CLIPTokenizer.from_pretrained(name)
+        first = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer")
+        second = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2")
     except Exception as exc:
-        raise TextinvError(f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path") from exc
+        raise TextinvError(
+            f"could not load --tokenizer_name {name!r} ({type(exc).__name__}): an SDXL model has two tokenizers; "
+            "point it at a folder or hub id with tokenizer/ and tokenizer_2/ subfolders"
+        ) from exc
+    pipe.tokenizer, pipe.tokenizer_2 = first, second
 
 
 def _find_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:

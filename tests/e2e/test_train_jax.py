@@ -87,3 +87,26 @@ def test_a_bad_initializer_gets_the_same_one_line_error_on_both_backends(sd1_mod
         errors.append(capsys.readouterr().err.strip())
     assert errors[0] == errors[1]
     assert re.search(r"--initializer_token 'zxqwvbn' is \d+ tokens", errors[1]) and "\n" not in errors[1]
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_the_torch_unet_is_freed_unless_validation_samples_with_it(sd1_model, concept_dir, tmp_path, validation):
+    from textinv.config import TrainConfig
+    from textinv.train import setup
+
+    extra = {"validation_prompt": f"a {TOKEN}"} if validation else {}
+    cfg = TrainConfig(
+        pretrained_model_name_or_path=str(sd1_model),
+        train_data_dir=str(concept_dir),
+        placeholder_token=TOKEN,
+        initializer_token="toy",
+        output_dir=str(tmp_path / "out"),
+        resolution=32,
+        max_train_steps=1,
+        report_to="none",
+        backend="jax",
+        **extra,
+    )
+    run = setup(cfg)
+    devices = {p.device.type for p in run.pipe.unet.parameters()}
+    assert devices == ({"cpu"} if validation else {"meta"})

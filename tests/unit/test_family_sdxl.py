@@ -81,3 +81,35 @@ def test_use_8bit_adam_needs_bitsandbytes(monkeypatch):
     fake = types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=AdamW8bit))
     monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
     assert adamw_class(True) is AdamW8bit
+
+
+def test_prompts_past_the_encoder_length_are_cut_with_one_warning(caplog):
+    family = adapter_for(tiny_sdxl_pipeline())
+    family.add_placeholder("<xl>", 1, "toy")
+    long_tail = " ".join(["red"] * 90)
+    with caplog.at_level("WARNING"):
+        family.tokenize(["a <xl> dog", "a dog"])
+    assert not caplog.records  # short prompts: nothing said
+    with caplog.at_level("WARNING"):
+        ids = family.tokenize([f"a <xl> {long_tail}", f"{long_tail} a <xl>", "a <xl>"])
+    assert all(t.shape == (3, 77) for t in ids)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert message.startswith("2 training prompt(s) are longer than the text encoder's 77 tokens")
+    assert "in 1 the placeholder is cut off" in message
+
+
+def test_tokenizer_name_replaces_both_sdxl_tokenizers_or_says_what_it_needs(tmp_path):
+    from textinv.train import replace_tokenizers
+
+    source = tiny_sdxl_pipeline()
+    source.tokenizer.add_tokens(["<one>"])
+    source.tokenizer_2.add_tokens(["<two>"])
+    source.tokenizer.save_pretrained(tmp_path / "tok" / "tokenizer")
+    source.tokenizer_2.save_pretrained(tmp_path / "tok" / "tokenizer_2")
+    pipe = tiny_sdxl_pipeline()
+    replace_tokenizers(pipe, str(tmp_path / "tok"))
+    assert "<one>" in pipe.tokenizer.get_vocab() and "<two>" in pipe.tokenizer_2.get_vocab()
+    assert pipe.tokenizer_2.pad_token == source.tokenizer_2.pad_token
+    with pytest.raises(TextinvError, match=r"SDXL model has two tokenizers; .* tokenizer/ and tokenizer_2/"):
+        replace_tokenizers(pipe, str(tmp_path / "tok" / "tokenizer"))  # a single tokenizer's folder

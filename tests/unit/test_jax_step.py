@@ -172,3 +172,17 @@ def test_two_processes_joined_by_jax_distributed_learn_what_one_learns(sd1_runs,
         assert result["devices"] == 2
         np.testing.assert_allclose(result["losses"], sd1_runs["jax"][0], rtol=1e-5)
         assert moved_fraction(sd1_runs["jax"][1], np.asarray(result["rows"]), sd1_runs["start"]) <= 0.01
+
+
+@pytest.mark.parametrize(("allow_tf32", "expected"), [(False, "HIGHEST"), (True, "TF32")])
+def test_allow_tf32_decides_the_fp32_matmul_precision(allow_tf32, expected):
+    from textinv.backends.jax.backend import set_matmul_precision
+
+    before = jax.config.jax_default_matmul_precision
+    try:
+        set_matmul_precision(allow_tf32)
+        x = jax.numpy.ones((4, 4))
+        hlo = jax.jit(lambda a, b: a @ b).lower(x, x).as_text()
+        assert expected in hlo.upper()
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)

@@ -8,6 +8,7 @@ files a concept is saved as. Everything else (data, loss, optimiser, checkpoints
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from textinv.tokens import (
     initializer_ids,
     install_placeholder_embedding,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,12 +90,35 @@ class FamilyAdapter(ABC):
         return self.placeholders[0].prompt_string
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
-        """Every tokenizer's ids for `texts`, padded to its max length: one [len(texts), L] tensor each."""
-        return tuple(
+        """Every tokenizer's ids for `texts`, padded to its max length: one [len(texts), L] tensor each.
+
+        Prompts past the text encoder's length are cut there, as in diffusers; that is said once (a long caption
+        loses its end, and one whose placeholder falls past the cut teaches the token nothing).
+        """
+        ids = tuple(
             tok(
                 texts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
             ).input_ids
             for tok, _ in self.pairs
+        )
+        self._warn_if_truncated(texts, ids[0])
+        return ids
+
+    def _warn_if_truncated(self, texts: list[str], ids: torch.Tensor) -> None:
+        tokenizer = self.pairs[0][0]
+        lengths = [len(x) for x in tokenizer(texts, truncation=False, verbose=False).input_ids]
+        long = [i for i, n in enumerate(lengths) if n > tokenizer.model_max_length]
+        if not long:
+            return
+        new_ids = {i for p in self.placeholders[:1] for i in p.ids}
+        lost = sum(1 for i in long if new_ids and not new_ids.intersection(ids[i].tolist()))
+        log.warning(
+            "%d training prompt(s) are longer than the text encoder's %d tokens and are cut there (e.g. %r)%s; "
+            "shorten the captions or templates",
+            len(long),
+            tokenizer.model_max_length,
+            texts[long[0]][:80] + ("..." if len(texts[long[0]]) > 80 else ""),
+            f"; in {lost} the placeholder is cut off, so they teach the token nothing" if lost else "",
         )
 
     def set_images(self, sizes: list[tuple[int, int]], resolution: int, center_crop: bool) -> None:

@@ -67,6 +67,17 @@ def enable_compilation_cache(environ=os.environ) -> None:
     jax.config.update("jax_compilation_cache_dir", environ.get("JAX_COMPILATION_CACHE_DIR") or str(default))
 
 
+def set_matmul_precision(allow_tf32: bool) -> str:
+    """fp32 matrix products at full fp32 precision unless `--allow_tf32`, as PyTorch's default is.
+
+    XLA on Ampere+ GPUs runs fp32 products in TF32 by default: without this, `--allow_tf32` would be on whether
+    given or not (CPUs compute fp32 either way). Returns the precision set.
+    """
+    precision = "tensorfloat32" if allow_tf32 else "highest"
+    jax.config.update("jax_default_matmul_precision", precision)
+    return precision
+
+
 def optimizer_config(cfg, learning_rate: float, total_steps: int) -> OptimizerConfig:
     """AdamW and the LR schedule of a `TrainConfig`, with the LR the shared code scaled (--scale_lr)."""
     return OptimizerConfig(

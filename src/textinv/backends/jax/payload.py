@@ -12,10 +12,11 @@ from pathlib import Path
 import jax
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from textinv.backends.jax.step import TrainState
 from textinv.errors import TextinvError
+from textinv.safetensors_file import save_arrays
 
 STATE_FILE = "jax_state.safetensors"
 TORCH_OPTIMIZER_FILE = "optimizer.pt"
@@ -48,8 +49,7 @@ def _named_leaves(state: TrainState) -> dict[str, np.ndarray]:
 def save(folder: Path, state: TrainState) -> Path:
     """Write `state` (on the host) into `folder`, which the caller renames into place atomically."""
     target = Path(folder) / STATE_FILE
-    save_file(_named_leaves(state), str(target), metadata={"backend": "jax", "format": FORMAT})
-    return target
+    return save_arrays(_named_leaves(state), target, {"backend": "jax", "format": FORMAT})
 
 
 def load(folder: Path, template: TrainState) -> TrainState:

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from textinv import cpu_kernels
-from textinv.backends.jax.backend import JaxBackend, enable_compilation_cache, load_models, optimizer_config
+from textinv.backends.jax.backend import (
+    JaxBackend,
+    enable_compilation_cache,
+    load_models,
+    optimizer_config,
+    set_matmul_precision,
+)
 from textinv.backends.jax.batch import step_batch
 from textinv.data import LatentPosteriors, SampleDraws
 from textinv.errors import TextinvError
@@ -40,9 +46,13 @@ class JaxTrainBackend:
             raise TextinvError("a multi-host JAX run needs --seed, so every host draws the same samples")
         self.cfg, self.family, self.noise_scheduler = cfg, family, noise_scheduler
         enable_compilation_cache()
+        set_matmul_precision(cfg.allow_tf32)
         text_encoder, unet = load_models(
             model_dir, pipe, cfg.mixed_precision, cfg.variant, gradient_checkpointing=cfg.gradient_checkpointing
         )
+        if not cfg.validation_prompt and not cfg.save_as_full_pipeline:
+            # Nothing samples with or saves the torch UNet: its weights beside the Flax copy would double the memory.
+            pipe.unet.to("meta")
         scale = cfg.gradient_accumulation_steps * cfg.train_batch_size * data_parallel_size()
         self.learning_rate = cfg.learning_rate * (scale if cfg.scale_lr else 1)
         first_new_id = family.placeholders[0].ids[0]
