@@ -101,6 +101,12 @@ def main(argv: list[str]) -> None:
     log_path = os.environ.get("TEXTINV_BENCH_STEP_LOG")
     if not log_path:
         raise SystemExit("steptimer: set TEXTINV_BENCH_STEP_LOG to the step-log file")
+    if argv[:2] == ["-m", "textinv"]:
+        # `textinv` sets its OpenMP runtime up before torch loads (libgomp reads it once); the hook below
+        # imports torch first, so do here what the command does first.
+        from textinv.cpu_runtime import configure_cpu_runtime
+
+        configure_cpu_runtime()
     install_step_hook(log_path)
     if _runs_jax_backend(argv):
         install_jax_step_hook(log_path)

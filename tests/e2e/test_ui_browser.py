@@ -17,6 +17,7 @@ from ui_server import EXAMPLE, running_ui
 pytestmark = pytest.mark.slow
 
 TRAIN_TIMEOUT_MS = 300_000
+STEPS = 300  # long enough (~30 s on the toy model) to reload the page while it trains
 
 
 def chromium_path() -> str:
@@ -47,12 +48,17 @@ def _train(page) -> None:
     page.get_by_text("is 2 tokens").wait_for()  # checked as you type: a word the tokenizer splits
     init.fill("star")
     page.get_by_text("is one token").wait_for()
-    page.locator("#cfg-max_train_steps input").fill("4")
-    page.locator("#cfg-validation_steps input").fill("2")
+    page.locator("#cfg-max_train_steps input").fill(str(STEPS))
+    page.locator("#cfg-validation_steps input").fill(str(STEPS // 2))
     page.locator("#cfg-validation_prompt input, #cfg-validation_prompt textarea").first.fill("a photo of a <pw-star>")
     page.locator("#train-button").click()
+    page.locator('#train-progress-state[data-state="running"]').wait_for(timeout=TRAIN_TIMEOUT_MS)
+    # A reload mid-run picks the live view up again where the run is, not from an empty page.
+    page.reload()
+    page.locator('#train-progress-state[data-state="running"]').wait_for(timeout=TRAIN_TIMEOUT_MS)
+    assert int(page.locator("#train-progress-state").get_attribute("data-step")) < STEPS
     page.locator('#train-progress-state[data-state="finished"]').wait_for(timeout=TRAIN_TIMEOUT_MS)
-    assert page.locator("#train-progress-state").get_attribute("data-step") == "4"
+    assert page.locator("#train-progress-state").get_attribute("data-step") == str(STEPS)
     page.locator("#train-validation img").first.wait_for()
     assert "textinv train" in page.locator("#train-command").inner_text()
     link = page.locator("#train-embedding a").first

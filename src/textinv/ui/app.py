@@ -25,6 +25,8 @@ def build_app(ctx: UiContext) -> gr.Blocks:
                 generate_tab.build(ctx, parts["trained"])
             with gr.Tab("Concepts", id="concepts"):
                 concepts_tab.build(ctx, parts["trained"])
+        follow, outputs = parts["live"]
+        app.load(follow, None, outputs, api_visibility="private")
     return app
 
 

@@ -82,7 +82,7 @@ def _updates(status, command: str) -> tuple:
     )
 
 
-def _follow(ctx: UiContext, command: str):
+def _follow(ctx: UiContext, command: str, raise_failure: bool = True):
     """Yield the page's updates until the run ends; a failed run ends as an error (for API clients too)."""
     status = ctx.worker.poll()
     yield _updates(status, command)
@@ -90,8 +90,14 @@ def _follow(ctx: UiContext, command: str):
         time.sleep(POLL_SECONDS)
         status = ctx.worker.poll()
         yield _updates(status, command)
-    if status.state == "failed":
+    if status.state == "failed" and raise_failure:
         raise gr.Error(status.error or "training failed", print_exception=False)
+
+
+def reattach(ctx: UiContext):
+    """On page load: show the server's run (a reloaded or second page picks up the live view where it is)."""
+    command = form.command_line(ctx.last_given) if ctx.last_given else ""
+    yield from _follow(ctx, command, raise_failure=False)
 
 
 def start_training(ctx: UiContext, names: list[str], *args: Any):
@@ -207,4 +213,9 @@ def build(ctx: UiContext) -> dict[str, Any]:
     train_event = train_btn.click(run, [components[n] for n in names], outputs, api_name="train")
     resume_event = resume_btn.click(functools.partial(resume_training, ctx), None, outputs, api_name="resume")
     stop_btn.click(functools.partial(stop_training, ctx), None, status, api_name="stop")
-    return {"trained": [train_event, resume_event], "embedding": embedding, "output_root": Path(ctx.output_root)}
+    return {
+        "trained": [train_event, resume_event],
+        "embedding": embedding,
+        "output_root": Path(ctx.output_root),
+        "live": (functools.partial(reattach, ctx), outputs),
+    }
