@@ -74,4 +74,3 @@ def test_a_models_torch_kernel_advice_does_not_block_the_jax_backend():
     assert torch_cfg.cpu_conv == "onednn"
     with pytest.raises(TextinvError, match="--cpu_conv is a torch-backend flag"):
         jax_backend.check_flags(build_config({**given, "cpu_conv": "onednn"}))
-
