@@ -464,14 +464,15 @@ def replace_tokenizers(pipe, name: str) -> None:
                 f"could not load --tokenizer_name {name!r} ({type(exc).__name__}); check the path"
             ) from exc
         return
+    needs = "an SDXL model has two tokenizers; point it at a folder or hub id with tokenizer/ and tokenizer_2/ inside"
+    folder = Path(name)
+    if folder.is_dir() and not all((folder / sub).is_dir() for sub in ("tokenizer", "tokenizer_2")):
+        raise TextinvError(f"--tokenizer_name {name!r}: {needs}")
     try:
         first = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer")
         second = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2")
     except Exception as exc:
-        raise TextinvError(
-            f"could not load --tokenizer_name {name!r} ({type(exc).__name__}): an SDXL model has two tokenizers; "
-            "point it at a folder or hub id with tokenizer/ and tokenizer_2/ subfolders"
-        ) from exc
+        raise TextinvError(f"could not load --tokenizer_name {name!r} ({type(exc).__name__}): {needs}") from exc
     pipe.tokenizer, pipe.tokenizer_2 = first, second
 
 
