@@ -21,12 +21,13 @@ def build_app(ctx: UiContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 parts = train_tab.build(ctx)
+            # A page opened (or reloaded) during a run follows it live; when it ends, the other tabs list the concept.
+            follow, outputs = parts["live"]
+            trained = [*parts["trained"], app.load(follow, None, outputs, api_visibility="private")]
             with gr.Tab("Generate", id="generate"):
-                generate_tab.build(ctx, parts["trained"])
+                generate_tab.build(ctx, trained)
             with gr.Tab("Concepts", id="concepts"):
-                concepts_tab.build(ctx, parts["trained"])
-        follow, outputs = parts["live"]
-        app.load(follow, None, outputs, api_visibility="private")
+                concepts_tab.build(ctx, trained)
     return app
 
 
