@@ -170,7 +170,7 @@ def train_judge(
     epochs: int = 12,
     seed: int = 0,
     report: Callable[[str], None] = lambda _msg: None,
-    n_unclear: int = 1600,
+    n_unclear: int = 1200,
 ) -> Judge:
     """Train a judge from scratch on `n_images` rendered images and `n_unclear` of each unclear kind."""
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@ star and a deformed yellow blob as an orange star, and failed samples counted as
 judge is also trained on these (toy/judge.py), labelled "unclear" on the attribute they spoil:
 
 - distorted: the shape warped by a strong smooth displacement, or a random blob     -> shape unclear
-- blurred:   a Gaussian blur far beyond a diffusion sample's softness (σ 2.5-4 px)   -> shape unclear
+- blurred:   a Gaussian blur far beyond a diffusion sample's softness (σ 3-4.5 px) -> shape unclear
 - merged:    two different shapes overlapping (in two colours half the time)         -> shape (and colour)
 - partial:   half the shape cut off by the frame or covered by background            -> shape unclear
 - blend:     a clean shape in a colour between two named ones (none of them near)  -> colour unclear
@@ -81,14 +81,14 @@ def distorted(rng: random.Random) -> UnclearImage:
     if rng.random() < 0.5:
         mask = _blob(scene, rng)
     else:
-        mask = _warped(world.shape_mask(scene), rng, strength=scene.size * 4 * rng.uniform(0.3, 0.45))
+        mask = _warped(world.shape_mask(scene), rng, strength=scene.size * 4 * rng.uniform(0.22, 0.4))
     image = world.compose(scene.background, [(world.shape_colour(scene), mask)])
     return UnclearImage(image, "distorted", UNCLEAR, scene.colour, scene.background, ((scene.colour, scene.shape),))
 
 
 def blurred(rng: random.Random) -> UnclearImage:
     scene = world.random_scene(rng)
-    image = world.render(scene).filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 4.0)))
+    image = world.render(scene).filter(ImageFilter.GaussianBlur(rng.uniform(3.0, 4.5)))
     return UnclearImage(image, "blurred", UNCLEAR, scene.colour, scene.background, ((scene.colour, scene.shape),))
 
 
