@@ -4,11 +4,11 @@ Why: a judge trained on clean shapes only has to pick one of its classes, so a p
 star and a deformed yellow blob as an orange star, and failed samples counted as successes. The
 judge is also trained on these (toy/judge.py), labelled "unclear" on the attribute they spoil:
 
-- distorted: the shape warped by a strong smooth displacement, or a random blob     -> shape unclear
+- distorted: the shape warped by a strong smooth displacement, or a random blob   -> shape unclear
 - blurred:   a Gaussian blur far beyond a diffusion sample's softness (σ 3-4.5 px) -> shape unclear
-- merged:    two different shapes overlapping (in two colours half the time)         -> shape (and colour)
-- partial:   half the shape cut off by the frame or covered by background            -> shape unclear
-- blend:     a clean shape in a colour between two named ones (none of them near)  -> colour unclear
+- merged:    two different shapes overlapping (in two colours half the time)       -> shape (and colour)
+- partial:   half the shape cut off by the frame or covered by background          -> shape unclear
+- blend:     a clean shape in a colour between two named ones, far from all of them -> colour unclear
 
 Everything is deterministic from a seed, as the world is.
 """
