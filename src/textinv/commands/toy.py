@@ -123,8 +123,10 @@ def run_build(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if not args.model_only:
         model = judge.train_judge(seed=args.seed, report=log.info)
-        acc = judge.evaluate(model)
-        log.info("judge accuracy on 2000 fresh images: %s", judge.sample_accuracy_report(acc))
+        acc = judge.measure(model)
+        log.info(
+            "judge accuracy on fresh images (clean: 2000; each unclear kind: 500):\n%s", judge.accuracy_report(acc)
+        )
         judge.save_judge(model, accuracy=acc)
     if not args.judge_only:
         cfg = build.BuildConfig(seed=args.seed, threads=args.threads)

@@ -3,7 +3,9 @@
 Why: "did textual inversion learn the concept?" must be a number, not a glance; the judge turns a
 folder of generated images into match rates (`textinv toy score`). It is trained on the world
 itself, with blur, noise and colour-shift augmentation so that it also reads slightly blurry
-diffusion samples.
+diffusion samples, and on images that show no clear concept (toy/unclear.py: distorted, heavily
+blurred, merged and partial shapes, colours between two named ones), which it must call "unclear":
+an unclear shape or colour never counts as a match, so a failed sample cannot flatter the score.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from textinv.data import IMAGE_SUFFIXES
 from textinv.errors import TextinvError
-from textinv.toy import world
+from textinv.toy import unclear, world
 
 JUDGE_FILE = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
 ATTRIBUTES = ("shape", "colour", "background")
@@ -42,13 +44,7 @@ class Judge(nn.Module):
             block(3, w, 1), block(w, w, 2), block(w, 2 * w, 1), block(2 * w, 2 * w, 2),
             block(2 * w, 4 * w, 2),
         )  # fmt: skip
-        self.heads = nn.ModuleDict(
-            {
-                "shape": nn.Linear(4 * w, len(world.SHAPES)),
-                "colour": nn.Linear(4 * w, len(world.COLOURS)),
-                "background": nn.Linear(4 * w, len(world.BACKGROUNDS)),
-            }
-        )
+        self.heads = nn.ModuleDict({name: nn.Linear(4 * w, len(labels)) for name, labels in _labels().items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(x).mean(dim=(2, 3))
@@ -56,7 +52,12 @@ class Judge(nn.Module):
 
 
 def _labels() -> dict[str, tuple[str, ...]]:
-    return {"shape": world.SHAPES, "colour": tuple(world.COLOURS), "background": tuple(world.BACKGROUNDS)}
+    """Each head's classes; shape and colour end with "unclear" (the background is always readable)."""
+    return {
+        "shape": (*world.SHAPES, unclear.UNCLEAR),
+        "colour": (*world.COLOURS, unclear.UNCLEAR),
+        "background": tuple(world.BACKGROUNDS),
+    }
 
 
 def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -93,21 +94,75 @@ def _dataset(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return x, y
 
 
+def _unclear_dataset(kind: str, n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
+    """`n` unclear images of `kind`, their labels, and the (colour, shape) pairs each was drawn from."""
+    items = list(unclear.images(kind, n, seed))
+    x = to_tensor([item.image for item in items])
+    names = _labels()
+    y = {a: torch.tensor([names[a].index(getattr(item, a)) for item in items]) for a in ATTRIBUTES}
+    return x, y, [item.sources for item in items]
+
+
+def _training_set(n_images: int, n_unclear: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clean world images and `n_unclear` of each unclear kind, from seeds no evaluation uses."""
+    parts = [_dataset(n_images, seed + 1000)]
+    parts += [_unclear_dataset(kind, n_unclear, seed + 2000 + i)[:2] for i, kind in enumerate(unclear.KINDS)]
+    x = torch.cat([part[0] for part in parts])
+    return x, {a: torch.cat([part[1][a] for part in parts]) for a in ATTRIBUTES}
+
+
+@torch.no_grad()
+def _predict(judge: Judge, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    judge.eval()
+    outs = [judge(x[i : i + 500]) for i in range(0, len(x), 500)]
+    return {a: torch.cat([o[a].argmax(1) for o in outs]) for a in ATTRIBUTES}
+
+
 @torch.no_grad()
 def evaluate(judge: Judge, n: int = 2000, seed: int = 12345, augment: bool = False) -> dict[str, float]:
-    """Accuracy per attribute and for all three at once, on `n` fresh images."""
-    judge.eval()
+    """Accuracy per attribute and for all three at once on `n` fresh clean images, and how many read unclear."""
     x, y = _dataset(n, seed)
     if augment:
         x = _augment(x, torch.Generator().manual_seed(seed))
-    correct = {a: torch.zeros(n, dtype=torch.bool) for a in ATTRIBUTES}
-    for i in range(0, n, 500):
-        out = judge(x[i : i + 500])
-        for a in ATTRIBUTES:
-            correct[a][i : i + 500] = out[a].argmax(1) == y[a][i : i + 500]
+    pred = _predict(judge, x)
+    correct = {a: pred[a] == y[a] for a in ATTRIBUTES}
     acc = {a: correct[a].float().mean().item() for a in ATTRIBUTES}
     acc["all"] = (correct["shape"] & correct["colour"] & correct["background"]).float().mean().item()
+    acc["unclear"] = (
+        ((pred["shape"] == len(world.SHAPES)) | (pred["colour"] == len(world.COLOURS))).float().mean().item()
+    )
     return acc
+
+
+@torch.no_grad()
+def evaluate_unclear(judge: Judge, kind: str, n: int = 500, seed: int = 12345) -> dict[str, float]:
+    """On `n` fresh unclear images of `kind`: how often the judge reads them right and how often they flatter.
+
+    "correct": shape and colour read as labelled (a spoiled attribute as "unclear"); "flagged": shape or
+    colour read "unclear", so the image can never count as a match; "counted": read as one of the
+    concepts it was drawn from, i.e. a match that flatters; "background": background read right.
+    """
+    x, y, sources = _unclear_dataset(kind, n, seed)
+    pred = _predict(judge, x)
+    shapes, colours = _labels()["shape"], _labels()["colour"]
+    correct = (pred["shape"] == y["shape"]) & (pred["colour"] == y["colour"])
+    flagged = (pred["shape"] == len(world.SHAPES)) | (pred["colour"] == len(world.COLOURS))
+    read = zip(pred["colour"].tolist(), pred["shape"].tolist(), strict=True)
+    counted = [(colours[c], shapes[s]) in src for (c, s), src in zip(read, sources, strict=True)]
+    return {
+        "correct": correct.float().mean().item(),
+        "flagged": flagged.float().mean().item(),
+        "counted": sum(counted) / n,
+        "background": (pred["background"] == y["background"]).float().mean().item(),
+    }
+
+
+def measure(judge: Judge, n: int = 2000, n_unclear: int = 500, seed: int = 12345) -> dict[str, dict[str, float]]:
+    """Every accuracy the judge ships with: clean images (plain and augmented) and each unclear kind."""
+    result = {"clean": evaluate(judge, n, seed), "clean_augmented": evaluate(judge, n, seed + 1, augment=True)}
+    for i, kind in enumerate(unclear.KINDS):
+        result[kind] = evaluate_unclear(judge, kind, n_unclear, seed + 2 + i)
+    return result
 
 
 def train_judge(
@@ -115,21 +170,22 @@ def train_judge(
     epochs: int = 12,
     seed: int = 0,
     report: Callable[[str], None] = lambda _msg: None,
+    n_unclear: int = 1200,
 ) -> Judge:
-    """Train a judge from scratch on `n_images` rendered images (deterministic from `seed`)."""
+    """Train a judge from scratch on `n_images` rendered images and `n_unclear` of each unclear kind."""
     torch.manual_seed(seed)
     judge = Judge()
-    x, y = _dataset(n_images, seed + 1000)
+    x, y = _training_set(n_images, n_unclear, seed)
+    total = len(x)
     g = torch.Generator().manual_seed(seed)
     batch = 128
-    steps = epochs * math.ceil(n_images / batch)
+    steps = epochs * math.ceil(total / batch)
     opt = torch.optim.AdamW(judge.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    step = 0
     for epoch in range(epochs):
         judge.train()
-        perm = torch.randperm(n_images, generator=g)
-        for i in range(0, n_images, batch):
+        perm = torch.randperm(total, generator=g)
+        for i in range(0, total, batch):
             idx = perm[i : i + batch]
             out = judge(_augment(x[idx], g))
             loss = sum(F.cross_entropy(out[a], y[a][idx]) for a in ATTRIBUTES)
@@ -137,12 +193,12 @@ def train_judge(
             loss.backward()
             opt.step()
             sched.step()
-            step += 1
         report(f"judge epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
     return judge.eval()
 
 
-def save_judge(judge: Judge, path: Path = JUDGE_FILE, accuracy: dict[str, float] | None = None) -> Path:
+def save_judge(judge: Judge, path: Path = JUDGE_FILE, accuracy: dict | None = None) -> Path:
+    """Save fp16 weights with the labels and `accuracy` (see `measure`) in the safetensors metadata."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +269,9 @@ def score(
 ) -> dict[str, float | int]:
     """Fractions of images showing the expected shape, colour (if named), background (if given), and both.
 
-    "match" is shape and colour together (shape alone when `expect` names no colour).
+    "match" is shape and colour together (shape alone when `expect` names no colour); an image whose
+    shape or colour reads "unclear" never matches, even when `expect` names no colour. "unclear" is
+    the fraction of such images.
     """
     colour, shape = world.parse_concept(expect)
     world.check_background(background)
@@ -222,7 +280,7 @@ def score(
     if n == 0:
         raise TextinvError("no images to score")
     shape_ok = [r["shape"] == shape for r in readings]
-    colour_ok = [colour is None or r["colour"] == colour for r in readings]
+    colour_ok = [r["colour"] != unclear.UNCLEAR if colour is None else r["colour"] == colour for r in readings]
     result: dict[str, float | int] = {
         "match": sum(s and c for s, c in zip(shape_ok, colour_ok, strict=True)) / n,
         "shape": sum(shape_ok) / n,
@@ -231,6 +289,7 @@ def score(
         result["colour"] = sum(colour_ok) / n
     if background is not None:
         result["background"] = sum(r["background"] == background for r in readings) / n
+    result["unclear"] = sum(unclear.UNCLEAR in (r["shape"], r["colour"]) for r in readings) / n
     result["n"] = n
     return result
 
@@ -246,5 +305,18 @@ def score_folder(
     return score(images, expect, background)
 
 
+def shipped_accuracy(path: str | Path = JUDGE_FILE) -> dict:
+    """The accuracy stored with a judge's weights (what `textinv toy build --judge-only` measured)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["accuracy"])
+
+
 def sample_accuracy_report(acc: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2%}" for k, v in acc.items())
+
+
+def accuracy_report(measured: dict[str, dict[str, float]]) -> str:
+    """One line per part of `measure`'s result."""
+    return "\n".join(f"{part}: {sample_accuracy_report(acc)}" for part, acc in measured.items())
