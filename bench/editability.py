@@ -27,8 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from textinv.cli import main as textinv
-from textinv.toy import judge, world
+from textinv.cpu_runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads it when torch loads
+
+from textinv.cli import main as textinv  # noqa: E402
+from textinv.toy import judge, world  # noqa: E402
 
 TARGET = 0.7
 

@@ -13,11 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from textinv.cpu_runtime import configure_cpu_runtime
 
-from textinv.concepts import load_concept
-from textinv.toy import judge, world
-from textinv.toy.demo import BASELINE_PROMPT, PLACEHOLDER, learn, sample, toy_pipeline
+configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads it when torch loads
+
+import torch  # noqa: E402
+
+from textinv.concepts import load_concept  # noqa: E402
+from textinv.toy import judge, world  # noqa: E402
+from textinv.toy.demo import BASELINE_PROMPT, PLACEHOLDER, learn, sample, toy_pipeline  # noqa: E402
 
 
 def main() -> None:

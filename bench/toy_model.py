@@ -18,10 +18,14 @@ import random
 import time
 from collections import Counter
 
-import torch
+from textinv.cpu_runtime import configure_cpu_runtime
 
-from textinv.toy import judge, world
-from textinv.toy.demo import BASELINE_PROMPT, sample, toy_pipeline
+configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads it when torch loads
+
+import torch  # noqa: E402
+
+from textinv.toy import judge, world  # noqa: E402
+from textinv.toy.demo import BASELINE_PROMPT, sample, toy_pipeline  # noqa: E402
 
 
 def main() -> None:

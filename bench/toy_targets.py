@@ -34,9 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from textinv.cli import main as textinv
-from textinv.models import TOY_MODEL_DIRS, toy_model_dir
-from textinv.toy import judge, world
+from textinv.cpu_runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads it when torch loads
+
+from textinv.cli import main as textinv  # noqa: E402
+from textinv.models import TOY_MODEL_DIRS, toy_model_dir  # noqa: E402
+from textinv.toy import judge, world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ORANGE_STAR = REPO / "examples" / "orange-star"
