@@ -137,8 +137,7 @@ def run_demo(
     pipe = toy_pipeline(model)
     extra = sample_overrides or {}
     baseline = sample(pipe, BASELINE_PROMPT.format(shape), num_images, seed, model, **extra)
-    # The output folder, not `embedding_path`: an SDXL concept is two files, one per text encoder.
-    load_concept(pipe, out / "embedding", PLACEHOLDER)
+    load_concept(pipe, result.embedding_path, PLACEHOLDER)
     learned = sample(pipe, BASELINE_PROMPT.format(PLACEHOLDER), num_images, seed, model, **extra)
     for name, images in (("baseline", baseline), ("learned", learned)):
         (out / name).mkdir(parents=True, exist_ok=True)
