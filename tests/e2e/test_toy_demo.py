@@ -20,7 +20,7 @@ def test_demo_writes_grid_images_and_scores(sd1_model, tmp_path):
     )
     assert result["steps"] == 2
     for key in ("baseline", "learned"):
-        assert set(result[key]) == {"match", "shape", "colour", "n"} and result[key]["n"] == 2
+        assert set(result[key]) == {"match", "shape", "colour", "unclear", "n"} and result[key]["n"] == 2
         assert len(list((tmp_path / "demo" / key).glob("*.png"))) == 2
     grid = Image.open(result["grid"])
     # Three titled panels: 5 training images (2 columns of 4 rows) | 2 baseline | 2 learned.
