@@ -18,6 +18,11 @@ Usage:
     python bench/toy_targets.py --concept "green heart" --no-style
     python bench/toy_targets.py --no-bundled --style striped --style black   # styles only
     python bench/toy_targets.py --train-flags="--fp8_base"  # a lever's effect on fidelity (not the defaults)
+    python bench/toy_targets.py --family sdxl --no-bundled --random 3 --seed 7 --no-style   # the SDXL twin
+
+`--family sdxl` measures the SDXL-architecture twin the same way: every `textinv train` gets
+`--pretrained_model_name_or_path DIR` and every `textinv generate` `--model DIR`, DIR being what
+`textinv toy path --family sdxl` prints (the SD 1 model is the CLI's default, so its commands name none).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from textinv.cpu_runtime import configure_cpu_runtime
 configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads it when torch loads
 
 from textinv.cli import main as textinv  # noqa: E402
+from textinv.models import TOY_MODEL_DIRS, toy_model_dir  # noqa: E402
 from textinv.toy import judge, world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +53,19 @@ def run(*args: str) -> None:
         raise SystemExit(f"toy_targets: `textinv {' '.join(args)}` exited {code}")
 
 
+# The model flags of `textinv train` and `textinv generate` (empty for the SD 1 toy, the CLI's default model).
+MODEL_FLAGS: dict[str, list[str]] = {"train": [], "generate": []}
+
+
+def use_family(family: str) -> None:
+    if family != "sd1":
+        folder = str(toy_model_dir(family))
+        MODEL_FLAGS.update(train=["--pretrained_model_name_or_path", folder], generate=["--model", folder])
+
+
 def generate(prompt: str, out: Path, n: int, concept: Path | None = None) -> Path:
     extra = ["--concept", str(concept)] if concept else []
-    run("generate", prompt, "-n", str(n), "--out", str(out), "--quiet", *extra)
+    run("generate", prompt, "-n", str(n), "--out", str(out), "--quiet", *MODEL_FLAGS["generate"], *extra)
     return out
 
 
@@ -62,7 +78,7 @@ def object_row(concept: str, data: Path | None, work: Path, n: int, train_flags:
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<x>", "--initializer_token", shape,
-        "--output_dir", str(emb), *train_flags)  # fmt: skip
+        "--output_dir", str(emb), *MODEL_FLAGS["train"], *train_flags)  # fmt: skip
     seconds = time.perf_counter() - started
     learned = judge.score_folder(generate("a photo of a <x>", work / "learned", n, emb), concept)
     initializer = judge.score_folder(generate(f"a photo of a {shape}", work / "initializer", n), concept)
@@ -80,7 +96,7 @@ def style_row(background: str, data: Path | None, work: Path, n: int, train_flag
     emb = work / "embedding"
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<s>", "--initializer_token", "pattern",
-        "--learnable_property", "style", "--output_dir", str(emb), *train_flags)  # fmt: skip
+        "--learnable_property", "style", "--output_dir", str(emb), *MODEL_FLAGS["train"], *train_flags)  # fmt: skip
     seconds = time.perf_counter() - started
     score = judge.score_folder(generate("a circle in the style of <s>", work / "style", n, emb), "circle", background)
     return {"background": background, "bundled": data == CHECKERED, "train_s": seconds, "score": score}
@@ -100,7 +116,9 @@ def main() -> None:
     parser.add_argument("--no-style", action="store_true", help="skip the bundled style concept")
     parser.add_argument("--no-bundled", action="store_true", help="skip the bundled object (when none is named)")
     parser.add_argument("--train-flags", default="", help="extra `textinv train` flags, e.g. '--fp8_base'")
+    parser.add_argument("--family", default="sd1", choices=tuple(TOY_MODEL_DIRS), help="which toy model (default sd1)")
     args = parser.parse_args()
+    use_family(args.family)
     train_flags = shlex.split(args.train_flags)  # appended to every `textinv train`
     picks = random.Random(args.seed)
     concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
@@ -119,7 +137,10 @@ def main() -> None:
         ]
     n = args.num_images
     flags = f" + `{args.train_flags}`" if args.train_flags else ""
-    print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate` at their defaults on the toy model")
+    model = "the toy model"
+    if args.family != "sd1":
+        model = f"the {args.family} toy model (`textinv toy path --family {args.family}`)"
+    print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate` at their defaults on {model}")
     print()
     print("| concept | train s | learned match | initializer match | blue: match | blue: background | targets |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -10,7 +10,7 @@ from pathlib import Path
 from textinv.atomic import write_text_atomic
 from textinv.errors import TextinvError
 from textinv.layout import MODEL_CARD, embedding_stem
-from textinv.models import ModelSource, shareable_model_name, source_from_name
+from textinv.models import ModelSource, as_toy_source, shareable_model_name, source_from_name, toy_family
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def write_model_card(
     pushed to `repo_id`), with the base model named as `models.shareable_model_name` does, never by a local path.
     """
     output_dir = Path(output_dir)
-    source = base_model if isinstance(base_model, ModelSource) else source_from_name(base_model)
+    source = as_toy_source(base_model if isinstance(base_model, ModelSource) else source_from_name(base_model))
     name = shareable_model_name(source)
     load_from = repo_id or output_dir.resolve().name
     example = validation_prompt or (
@@ -87,9 +87,10 @@ Or from the command line:
 
 def _model_note(source: ModelSource, name: str) -> str:
     if source.kind == "toy":
+        twin = " (its SDXL-architecture twin)" if toy_family(source) == "sdxl" else ""
         return (
-            "The base model is textinv's embedded toy model, installed with textinv "
-            "(`textinv toy path` prints its folder)."
+            f"The base model is textinv's embedded toy model{twin}, installed with textinv "
+            f"(`{_toy_path_command(source)}` prints its folder)."
         )
     if source.kind == "hub":
         return f"The base model is [{name}](https://huggingface.co/{name})."
@@ -101,7 +102,8 @@ def _python_usage(source: ModelSource, name: str, load_from: str, example: str, 
     cls = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
     if source.kind == "toy":
         head = f"from diffusers import {cls}\nfrom textinv.models import toy_model_dir\n\n"
-        load = f"pipe = {cls}.from_pretrained(toy_model_dir())"
+        toy = toy_family(source)
+        load = f"pipe = {cls}.from_pretrained(toy_model_dir({'' if toy == 'sd1' else repr(toy)}))"
     elif source.kind == "single_file":
         head = f"from diffusers import {cls}\n\n"
         load = f"pipe = {cls}.from_single_file({name!r})"
@@ -128,10 +130,19 @@ def _load_calls(load_from: str, family: str, token: str) -> str:
 
 
 def _cli_usage(source: ModelSource, name: str, load_from: str, repo_id: str | None, example: str) -> str:
-    model = "" if source.kind == "toy" else f" --model {shlex.quote(name)}"
+    model = f" --model {shlex.quote(name)}"
+    if source.kind == "toy":
+        # The SD 1 toy is `generate`'s default model; the SDXL twin is named by the folder it is in.
+        model = "" if toy_family(source) == "sd1" else f' --model "$({_toy_path_command(source)})"'
+
     generate = f"textinv generate {shlex.quote(example)}{model} --concept {shlex.quote(load_from)}"
     # textinv reads concepts offline (it never downloads while generating): fetch a pushed one first.
     return f"hf download {shlex.quote(repo_id)}\n{generate}" if repo_id else generate
+
+
+def _toy_path_command(source: ModelSource) -> str:
+    family = toy_family(source)
+    return "textinv toy path" if family == "sd1" else f"textinv toy path --family {family}"
 
 
 def push_output_dir(output_dir: Path, *, repo_id: str | None, token: str | None) -> str:

@@ -46,8 +46,10 @@ def looks_like_hub_id(text: str) -> bool:
 
 # The name the embedded toy model goes by in shared files (model cards, metadata, PNG infotext).
 TOY_MODEL_NAME = "textinv-toy"
-# Model families the embedded toy model exists for (`textinv toy path --family`).
-TOY_MODEL_DIRS = {"sd1": TOY_MODEL_DIR}
+# Model families the embedded toy model exists for (`textinv toy path --family`): the SD 1 model and its
+# SDXL-architecture twin, trained by the same recipe (`textinv toy build --family sdxl`).
+TOY_MODEL_DIRS = {"sd1": TOY_MODEL_DIR, "sdxl": TOY_MODEL_DIR.parent / "model-sdxl"}
+TOY_MODEL_NAMES = {"sd1": TOY_MODEL_NAME, "sdxl": "textinv-toy-sdxl"}
 
 
 def toy_model_available() -> bool:
@@ -65,6 +67,30 @@ def toy_model_dir(family: str = "sd1") -> Path:
     return TOY_MODEL_DIRS[family]
 
 
+def toy_family(source: ModelSource | str) -> str | None:
+    """The family of the embedded toy model that `source` is (named, or by its folder's path), else None."""
+    name = source.path_or_id if isinstance(source, ModelSource) else source
+    for family, toy_name in TOY_MODEL_NAMES.items():
+        if name == toy_name:
+            return family
+    if not name:
+        return "sd1"
+    resolved = Path(name).expanduser().resolve()
+    return next((family for family, folder in TOY_MODEL_DIRS.items() if folder.resolve() == resolved), None)
+
+
+def as_toy_source(source: ModelSource) -> ModelSource:
+    """`source` as a "toy" source where it is an embedded toy model's folder given by path, else unchanged.
+
+    Why: `--pretrained_model_name_or_path $(textinv toy path --family sdxl)` is a folder to the loader, but
+    shared files must name it as the toy model (`textinv-toy-sdxl`) and tell how to find it, never by its path.
+    """
+    if source.kind not in ("folder", "toy"):
+        return source
+    family = toy_family(source)
+    return ModelSource(str(TOY_MODEL_DIRS[family]), "toy") if family else source
+
+
 def shareable_model_name(source: ModelSource | str) -> str:
     """The model's name as it may appear in files that are shared: a hub id, or a folder's or file's name.
 
@@ -74,8 +100,9 @@ def shareable_model_name(source: ModelSource | str) -> str:
     """
     if isinstance(source, str):
         source = source_from_name(source)
+    source = as_toy_source(source)
     if source.kind == "toy":
-        return TOY_MODEL_NAME
+        return TOY_MODEL_NAMES[toy_family(source) or "sd1"]
     if source.kind == "hub":
         return source.path_or_id
     path = Path(source.path_or_id).expanduser().resolve()
@@ -87,10 +114,9 @@ def shareable_model_name(source: ModelSource | str) -> str:
 
 def source_from_name(name: str) -> ModelSource:
     """What kind of source a model name is, as `resolve_model_source` would read it, without checking it exists."""
-    if name in ("", TOY_MODEL_NAME) or Path(name).expanduser().resolve() in {
-        d.resolve() for d in TOY_MODEL_DIRS.values()
-    }:
-        return ModelSource(str(TOY_MODEL_DIR), "toy")
+    family = toy_family(name)
+    if family is not None:
+        return ModelSource(str(TOY_MODEL_DIRS[family]), "toy")
     path = Path(name).expanduser()
     if path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
         return ModelSource(name, "single_file" if path.suffix.lower() in SINGLE_FILE_SUFFIXES else "folder")

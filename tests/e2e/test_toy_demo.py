@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from PIL import Image
 
 from textinv.toy import demo, world
@@ -42,3 +44,30 @@ def test_the_shipped_fp16_toy_model_loads_in_float32_for_cpu_sampling():
     assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
     image = pipe("a red star", num_inference_steps=2, height=32, width=32, output_type="np").images[0]
     assert image.shape == (32, 32, 3)
+
+
+def test_demo_family_sdxl_runs_the_loop_on_the_shipped_sdxl_twin(tmp_path, monkeypatch):
+    """`textinv demo --family sdxl`, cut to a few steps: the CLI picks the twin, the loop trains both encoders' rows,
+    generates through StableDiffusionXLPipeline and scores."""
+    from helpers import run_cli
+
+    from textinv.models import toy_model_dir
+    from textinv.toy import demo as demo_module
+
+    real = demo_module.run_demo
+    seen = {}
+
+    def short(concept, out_dir, **kwargs):
+        seen.update(kwargs)
+        kwargs.update(train_overrides={"max_train_steps": 3}, sample_overrides={"num_inference_steps": 2})
+        return real(concept, out_dir, **kwargs)
+
+    monkeypatch.setattr(demo_module, "run_demo", short)
+    out = tmp_path / "demo"
+    assert run_cli(["demo", "--family", "sdxl", "--concept", "green heart", "-n", "2", "--out", out]) == 0
+    assert seen["model"] == str(toy_model_dir("sdxl"))
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["steps"] == 3 and scores["learned"]["n"] == 2 and scores["baseline"]["n"] == 2
+    written = {f.name for f in (out / "embedding").iterdir()}
+    assert {"learned_embeds.safetensors", "learned_embeds_2.safetensors"} <= written
+    assert Image.open(scores["grid"]).height == 16 + 4 * world.IMAGE_SIZE * 3

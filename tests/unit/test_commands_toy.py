@@ -16,6 +16,21 @@ def test_toy_path_prints_the_embedded_model_folder(capsys):
     assert capsys.readouterr().out.splitlines() == [str(TOY_MODEL_DIR)] * 2
 
 
+def test_toy_path_family_sdxl_prints_the_twin_whose_settings_train_uses(capsys):
+    """`textinv train --pretrained_model_name_or_path $(textinv toy path --family sdxl)` uses the twin's settings."""
+    from textinv.config import config_for_model
+    from textinv.toy.build import RECOMMENDED_SETTINGS
+
+    assert run_cli(["toy", "path", "--family", "sdxl"]) == 0
+    (printed,) = capsys.readouterr().out.splitlines()
+    assert printed == str(TOY_MODEL_DIR.parent / "model-sdxl")
+    cfg, from_model = config_for_model({"pretrained_model_name_or_path": printed, "max_train_steps": 7})
+    assert (cfg.resolution, cfg.max_train_steps, cfg.snr_gamma) == (32, 7, 5.0)
+    assert from_model["learning_rate"] == RECOMMENDED_SETTINGS["train"]["learning_rate"]
+    assert "max_train_steps" not in from_model  # the user's flag wins
+    assert run_cli(["toy", "path", "--family", "sd3"]) == 2
+
+
 def test_toy_score_numbers_scores_one_calls_images_alone(tmp_path, capsys):
     shots = tmp_path / "shots"
     shots.mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -33,3 +34,21 @@ def test_a_rebuild_marks_its_text_encoder_to_load_in_float32(tmp_path):
     (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"dtype": "float16", "hidden_size": 8}))
     build.load_text_encoder_in_float32(tmp_path)
     assert json.loads((tmp_path / "text_encoder" / "config.json").read_text()) == {"dtype": "float32", "hidden_size": 8}
+
+
+def test_plain_diffusers_loads_the_sdxl_twin_without_a_dtype_and_generates():
+    from diffusers import StableDiffusionXLPipeline
+
+    from textinv.models import toy_model_dir
+
+    folder = toy_model_dir("sdxl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
+    assert pipe.unet.config.addition_embed_type == "text_time" and pipe.tokenizer_2.pad_token == "!"
+    image = pipe("a red star on a blue background", num_inference_steps=1, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)
+    assert json.loads((folder / "textinv.json").read_text()) == build.RECOMMENDED_SETTINGS
+    record = json.loads((folder / "build.json").read_text())
+    assert record["config"] == json.loads(json.dumps(dataclasses.asdict(build.config_for("sdxl"))))
+    assert record["seconds"] <= 3600  # built in under an hour on the 2-core machine
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 30 * 2**20

@@ -16,6 +16,8 @@ log = logging.getLogger("textinv")
 
 
 def register(subparsers) -> None:
+    from textinv.models import TOY_MODEL_DIRS
+
     p = subparsers.add_parser(
         "demo",
         help="train a toy concept, generate with it, score it (about 2 minutes on a laptop CPU)",
@@ -27,14 +29,22 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("textinv-demo"), help="output folder (default textinv-demo)")
     p.add_argument("-n", "--num-images", type=int, default=16, help="images generated per prompt (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--family",
+        default="sd1",
+        choices=tuple(TOY_MODEL_DIRS),
+        help="which embedded toy model: sd1, or its SDXL-architecture twin sdxl (default: sd1)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from textinv.models import toy_model_dir
     from textinv.toy.demo import run_demo
 
     started = time.time()
-    result = run_demo(args.concept, args.out, num_images=args.num_images, seed=args.seed, report=log.info)
+    model = None if args.family == "sd1" else str(toy_model_dir(args.family))
+    result = run_demo(args.concept, args.out, num_images=args.num_images, seed=args.seed, report=log.info, model=model)
     b, c = result["baseline"], result["learned"]
     print(
         f"{args.concept}: learned concept matches {c['match']:.0%} of {c['n']} images, "

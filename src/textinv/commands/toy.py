@@ -52,7 +52,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_path)
 
     p = sub.add_parser("build", help="retrain the toy model and the judge from a seed (roughly an hour on 2 CPU cores)")
-    p.add_argument("--out", type=Path, default=None, help="model folder (default: the embedded one)")
+    p.add_argument(
+        "--family",
+        default="sd1",
+        choices=tuple(TOY_MODEL_DIRS),
+        help="which toy model: sd1, or its SDXL-architecture twin sdxl (default: sd1)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="model folder (default: the family's embedded one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge-only", action="store_true", help="retrain only the judge (a few minutes)")
     p.add_argument("--model-only", action="store_true", help="retrain only the text-to-image model")
@@ -117,7 +123,7 @@ def run_path(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     import torch
 
-    from textinv.models import TOY_MODEL_DIR
+    from textinv.models import toy_model_dir
     from textinv.toy import build, judge
 
     torch.set_num_threads(args.threads)
@@ -129,6 +135,6 @@ def run_build(args: argparse.Namespace) -> int:
         )
         judge.save_judge(model, accuracy=acc)
     if not args.judge_only:
-        cfg = build.BuildConfig(seed=args.seed, threads=args.threads)
-        build.build(cfg, args.out or TOY_MODEL_DIR, report=log.info)
+        cfg = build.config_for(args.family, seed=args.seed, threads=args.threads)
+        build.build(cfg, args.out or toy_model_dir(args.family), report=log.info)
     return 0

@@ -1,14 +1,17 @@
-"""The recipe that trains the embedded toy text-to-image model on the shapes world (`textinv toy build`).
+"""The recipe that trains the embedded toy text-to-image models on the shapes world (`textinv toy build`).
 
-Why a recipe and not just weights: the toy model must be reproducible from a seed on a laptop CPU.
-The model is a standard StableDiffusionPipeline (AutoencoderKL, UNet2DConditionModel, CLIPTextModel,
-the real CLIP tokenizer, DDIMScheduler), so nothing downstream special-cases it. Three phases:
+Why a recipe and not just weights: the toy models must be reproducible from a seed on a laptop CPU.
+Each is a standard diffusers pipeline (AutoencoderKL, UNet2DConditionModel, CLIP text encoders, the real
+CLIP tokenizer, DDIMScheduler), so nothing downstream special-cases it: a StableDiffusionPipeline for
+`--family sd1`, and for `--family sdxl` its twin, a StableDiffusionXLPipeline (two text encoders, the
+UNet's added text-and-time conditioning; what differs is in `toy/architecture.py`). Three phases:
 1. the VAE learns to reconstruct 32 px images (latents 8x8x8);
-2. the text encoder, from scratch, learns to read a caption's shape, colour and background (real SD's
+2. each text encoder, from scratch, learns to read a caption's shape, colour and background (real SD's
    CLIP arrives pretrained; trained jointly with the UNet instead, it never told the shape words apart);
-3. the UNet learns to draw captioned latents, with the text encoder frozen (as in real SD), so that
+3. the UNet learns to draw captioned latents, with the text encoders frozen (as in real SD), so that
    plain words ("red", "star", "on a blue background") and the trainer's prompt templates mean
-   something, and a single learned token vector can stand in for "orange star".
+   something, and a single learned token vector can stand in for "orange star". It is conditioned
+   through textinv's own training adapter of the family, so the toy learns what `textinv train` feeds it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from textinv.toy import world
+from textinv.toy.architecture import EncoderSpec, architecture
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 @dataclass
 class BuildConfig:
-    """Every knob of the recipe; the defaults are the shipped model's."""
+    """Every knob of the recipe; the defaults are the shipped SD 1 model's (`config_for` gives each family's)."""
 
+    family: str = "sd1"  # "sdxl": the StableDiffusionXLPipeline twin
     seed: int = 0
     num_images: int = 24000
     vae_images: int = 4000  # the first images of the same stream: flat shapes need few to reconstruct
@@ -85,7 +90,9 @@ class BuildConfig:
     warmup_steps: int = 150
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
-    text_hidden: int = 128
+    text_hidden: int = 128  # the (first) text encoder's width
+    text_hidden_2: int = 96  # sdxl: text_encoder_2's width (and projection)
+    time_embed_dim: int = 16  # sdxl: the UNet's addition_time_embed_dim (SDXL 1.0: 256)
     text_layers: int = 3
     text_steps: int = 200  # phase 2: the text encoder learns to tell the words apart (0: skip)
     text_batch_size: int = 128
@@ -93,6 +100,18 @@ class BuildConfig:
     unet_channels: tuple[int, ...] = (48, 96)
     unet_layers: int = 1
     threads: int = 2
+
+
+# The SDXL twin's text encoders, narrower then wider as SDXL's CLIP-L (768) and CLIP-G (1280); the rest of the
+# recipe is the SD 1 toy's. 64 + 96 rather than 128 + 128 keeps the folder under 30 MB: the 49408-row token
+# tables are most of it.
+FAMILY_DEFAULTS: dict[str, dict] = {"sd1": {}, "sdxl": {"text_hidden": 64, "text_hidden_2": 96}}
+
+
+def config_for(family: str = "sd1", **overrides) -> BuildConfig:
+    """The shipped model's recipe for `family`, with `overrides` (tests use tiny ones)."""
+    architecture(family)  # a one-line error for an unknown family
+    return BuildConfig(**{"family": family, **FAMILY_DEFAULTS[family], **overrides})
 
 
 def latent_size(cfg: BuildConfig) -> int:
@@ -129,27 +148,38 @@ def _unet(cfg: BuildConfig):
         layers_per_block=cfg.unet_layers,
         down_block_types=("CrossAttnDownBlock2D",) * levels,
         up_block_types=("CrossAttnUpBlock2D",) * levels,
-        cross_attention_dim=cfg.text_hidden,
         attention_head_dim=8,
         norm_num_groups=16,
+        **architecture(cfg.family).unet_kwargs(cfg),
     )
 
 
-def _text_encoder(cfg: BuildConfig):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_encoder(cfg: BuildConfig, spec: EncoderSpec):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    return CLIPTextModel(
+    model = CLIPTextModelWithProjection if spec.projection else CLIPTextModel
+    return model(
         CLIPTextConfig(
             vocab_size=49408,
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 2,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.hidden * 2,
             num_hidden_layers=cfg.text_layers,
             num_attention_heads=4,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
-            projection_dim=cfg.text_hidden,
+            projection_dim=spec.hidden,
         )
     )
+
+
+def load_tokenizers(cfg: BuildConfig) -> list:
+    """The real CLIP tokenizer for each text encoder (SDXL's second pads with "!")."""
+    from transformers import CLIPTokenizer
+
+    return [
+        CLIPTokenizer.from_pretrained(TOKENIZER_SOURCE, **({"pad_token": s.pad_token} if s.pad_token else {}))
+        for s in architecture(cfg.family).encoders(cfg)
+    ]
 
 
 def _scheduler():
@@ -237,28 +267,34 @@ def caption_labels(scene: world.Scene, caption: str) -> tuple[int, int, int]:
     return shape, colour, background
 
 
-def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer, report: Callable[[str], None]):
-    """Phase 2: the text encoder learns to read shape, colour and background out of a caption.
+def pretrain_text_encoder(
+    cfg: BuildConfig, scenes: list[world.Scene], tokenizer, report: Callable[[str], None], index: int = 0
+):
+    """Phase 2: text encoder `index` learns to read shape, colour and background out of a caption.
 
     Why: trained jointly from scratch with the UNet, it separated colours and backgrounds but not shape
     words (the UNet then drew the same shape for every word). Real SD's CLIP arrives pretrained; this is
     the toy's stand-in: three linear heads on the pooled (end-of-text) output, cross-entropy, then the
-    heads are dropped and the encoder is a plain CLIPTextModel.
+    heads are dropped and the encoder is a plain CLIPTextModel. SDXL's text_encoder_2 is read through its
+    projected pooled output, as that is what its UNet is given (`text_embeds`).
     """
-    torch.manual_seed(cfg.seed + 1)
-    text_encoder = _text_encoder(cfg)
+    spec = architecture(cfg.family).encoders(cfg)[index]
+    torch.manual_seed(cfg.seed + 1 + 10 * index)
+    text_encoder = _text_encoder(cfg, spec)
     sizes = (len(world.SHAPES) + 1, len(world.COLOURS) + 1, len(world.BACKGROUNDS) + 1)  # + "unsaid"
-    heads = torch.nn.ModuleList(torch.nn.Linear(cfg.text_hidden, n) for n in sizes)
+    heads = torch.nn.ModuleList(torch.nn.Linear(spec.hidden, n) for n in sizes)
     params = list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.text_learning_rate, weight_decay=0.0)
-    rng = random.Random(cfg.seed + 4)
+    rng = random.Random(cfg.seed + 4 + 10 * index)
+    name = "text" if index == 0 else f"text {index + 1}"
     for step in range(cfg.text_steps):
         for group in opt.param_groups:
             group["lr"] = cfg.text_learning_rate * min(1.0, (step + 1) / 50)
         batch = [rng.choice(scenes) for _ in range(cfg.text_batch_size)]
         captions = ["" if rng.random() < cfg.caption_dropout else s.caption(rng) for s in batch]
         labels = torch.tensor([caption_labels(s, c) for s, c in zip(batch, captions, strict=True)])
-        pooled = text_encoder(_token_ids(tokenizer, captions)).pooler_output
+        out = text_encoder(_token_ids(tokenizer, captions))
+        pooled = out.text_embeds if spec.projection else out.pooler_output
         logits = [head(pooled) for head in heads]
         loss = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
         opt.zero_grad(set_to_none=True)
@@ -267,7 +303,7 @@ def pretrain_text_encoder(cfg: BuildConfig, scenes: list[world.Scene], tokenizer
         if step % 100 == 0 or step == cfg.text_steps - 1:
             acc = [(lg.argmax(1) == labels[:, i]).float().mean().item() for i, lg in enumerate(logits)]
             rates = "/".join(f"{a:.2f}" for a in acc)
-            report(f"text step {step} loss {loss.item():.4f} accuracy shape/colour/background {rates}")
+            report(f"{name} step {step} loss {loss.item():.4f} accuracy shape/colour/background {rates}")
     return text_encoder.requires_grad_(False).eval()
 
 
@@ -277,20 +313,18 @@ def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: floa
 
 def train_unet(
     cfg: BuildConfig,
+    unet,
+    scheduler,
     scenes: list[world.Scene],
     means: torch.Tensor,
     stds: torch.Tensor,
     scaling: float,
-    tokenizer,
-    text_encoder,
+    condition: Callable[[list[str]], tuple[torch.Tensor, dict]],
     report: Callable[[str], None],
     snapshot: Callable | None = None,
     snapshot_every: int = 0,
 ):
-    """Phase 3: train the UNet on captioned latents, conditioned by the frozen text encoder of phase 2."""
-    torch.manual_seed(cfg.seed + 5)
-    unet = _unet(cfg)
-    scheduler = _scheduler()
+    """Phase 3: train the UNet on captioned latents; `condition(captions)` reads them with the frozen encoders."""
     params = list(unet.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.99))
@@ -309,8 +343,8 @@ def train_unet(
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         noisy = scheduler.add_noise(latents, noise, t)
         with torch.no_grad():
-            cond = text_encoder(_token_ids(tokenizer, captions))[0]
-        pred = unet(noisy, t, cond).sample
+            hidden, unet_kwargs = condition(captions)
+        pred = unet(noisy, t, hidden, **unet_kwargs).sample
         loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,7 +357,7 @@ def train_unet(
                 live = [p.detach().clone() for p in params]
                 for p, e in zip(params, ema, strict=True):
                     p.copy_(e)
-                snapshot(step, unet, text_encoder, scheduler)
+                snapshot(step)
                 for p, v in zip(params, live, strict=True):
                     p.copy_(v)
         if step % 100 == 0 or step == cfg.unet_steps - 1:
@@ -331,7 +365,7 @@ def train_unet(
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    return unet.eval(), scheduler
+    return unet.eval()
 
 
 def _cached_vae(cfg: BuildConfig, pixels: torch.Tensor, cache_dir: Path | None, report):
@@ -359,13 +393,10 @@ def build(
     cache_dir: Path | None = None,
     snapshot_every: int = 0,
 ) -> Path:
-    """Run the whole recipe and save a StableDiffusionPipeline (fp16 safetensors) to `out_dir`.
+    """Run the whole recipe and save the family's pipeline (fp16 safetensors) to `out_dir`.
 
     `snapshot_every` > 0 also saves the pipeline-so-far to `<out_dir>-step<N>` (to try it early).
     """
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
     torch.set_num_threads(cfg.threads)
     started = time.time()
     out = Path(out_dir)
@@ -380,29 +411,20 @@ def build(
     scaling = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
     report(f"latent scaling factor {scaling:.4f} ({time.time() - started:.0f} s)")
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_SOURCE)
+    tokenizers = load_tokenizers(cfg)
+    encoders = [pretrain_text_encoder(cfg, scenes, tok, report, index=i) for i, tok in enumerate(tokenizers)]
+    torch.manual_seed(cfg.seed + 5)
+    pipe = architecture(cfg.family).assemble(vae, encoders, tokenizers, _unet(cfg), _scheduler())
 
-    def assemble(unet, text_encoder, scheduler):
-        return StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-
-    def snapshot(step: int, unet, text_encoder, scheduler) -> None:
-        save_pipeline(copy.deepcopy(assemble(unet, text_encoder, scheduler)), Path(f"{out}-step{step}"))
+    def snapshot(step: int) -> None:
+        save_pipeline(copy.deepcopy(pipe), Path(f"{out}-step{step}"), cfg)
         report(f"snapshot saved to {out}-step{step}")
 
-    text_encoder = pretrain_text_encoder(cfg, scenes, tokenizer, report)
-    unet, scheduler = train_unet(
-        cfg, scenes, means, stds, scaling, tokenizer, text_encoder, report, snapshot, snapshot_every
-    )
-    save_pipeline(assemble(unet, text_encoder, scheduler), out)
+    train_unet(
+        cfg, pipe.unet, pipe.scheduler, scenes, means, stds, scaling, conditioner(cfg, pipe), report, snapshot,
+        snapshot_every,
+    )  # fmt: skip
+    save_pipeline(pipe, out, cfg)
     (out / "textinv.json").write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
     (out / "build.json").write_text(
         json.dumps({"config": asdict(cfg), "seconds": round(time.time() - started)}, indent=2) + "\n"
@@ -411,14 +433,36 @@ def build(
     return out
 
 
-def load_text_encoder_in_float32(out: Path) -> None:
+def conditioner(cfg: BuildConfig, pipe) -> Callable[[list[str]], tuple[torch.Tensor, dict]]:
+    """Captions -> (UNet context, UNet kwargs), through the family's textinv training adapter (`families/`).
+
+    Why the trainer's adapter: the UNet then learns exactly the conditioning that `textinv train` gives it
+    (for SDXL: both encoders' penultimate hidden states, `text_encoder_2`'s pooled projection, and each
+    image's `add_time_ids`, here (32, 32, 0, 0, 32, 32): the world's images are drawn at 32 px, uncropped).
+    """
+    from textinv.families import adapter_for
+
+    adapter = adapter_for(pipe)
+    adapter.set_images([(world.IMAGE_SIZE, world.IMAGE_SIZE)], world.IMAGE_SIZE, center_crop=False)
+    family = architecture(cfg.family)
+
+    def condition(captions: list[str]) -> tuple[torch.Tensor, dict]:
+        image_idx = torch.zeros(len(captions), dtype=torch.long)
+        cond = adapter.condition(adapter.tokenize(captions), image_idx, torch.float32)
+        dropped = torch.tensor([not caption for caption in captions])
+        return family.drop(cond.hidden_states, cond.unet_kwargs, dropped)
+
+    return condition
+
+
+def load_text_encoder_in_float32(out: Path, folder: str = "text_encoder") -> None:
     """Mark the fp16-stored text encoder to load as float32, as diffusers loads the fp16-stored UNet and VAE.
 
     Why: transformers loads a model in the `dtype` its config names, diffusers its models in float32, so
     a plain `StableDiffusionPipeline.from_pretrained(folder)` would pair an fp16 text encoder with an fp32
     UNet and fail ("mat1 and mat2 must have the same dtype"). Only the config changes; the stored values do not.
     """
-    config_path = out / "text_encoder" / "config.json"
+    config_path = out / folder / "config.json"
     config = json.loads(config_path.read_text())
     for key in ("dtype", "torch_dtype"):
         if key in config:
@@ -426,20 +470,33 @@ def load_text_encoder_in_float32(out: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def save_pipeline(pipe, out: Path) -> None:
-    """Save in fp16 safetensors (loaded as float32), the tokenizer as vocab.json + merges.txt (no tokenizer.json).
+def tokenizer_files(spec: EncoderSpec) -> dict[str, bytes]:
+    """The real CLIP tokenizer's small files for one encoder; SDXL's second names its "!" pad token."""
+    files = {name: (TOKENIZER_SOURCE / name).read_bytes() for name in TOKENIZER_FILES}
+    if spec.pad_token:
+        config = json.loads(files["tokenizer_config.json"])
+        config["pad_token"] = spec.pad_token
+        files["tokenizer_config.json"] = (json.dumps(config, indent=2) + "\n").encode()
+    return files
+
+
+def save_pipeline(pipe, out: Path, cfg: BuildConfig | None = None) -> None:
+    """Save in fp16 safetensors (loaded as float32), each tokenizer as vocab.json + merges.txt (no tokenizer.json).
 
     transformers 5 saves a tokenizer as tokenizer.json only, so the real CLIP tokenizer's small files
     are copied in instead; they are read first because `out` may be the folder they come from.
     """
-    files = {name: (TOKENIZER_SOURCE / name).read_bytes() for name in TOKENIZER_FILES}
+    specs = architecture((cfg or BuildConfig()).family).encoders(cfg or BuildConfig())
+    files = {spec.suffix: tokenizer_files(spec) for spec in specs}
     if out.exists():
-        for part in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
+        encoder_parts = [f"{part}{suffix}" for suffix in files for part in ("text_encoder", "tokenizer")]
+        for part in ("unet", "vae", "scheduler", *encoder_parts):
             shutil.rmtree(out / part, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     pipe.to(torch.float32)
-    load_text_encoder_in_float32(out)
-    shutil.rmtree(out / "tokenizer")
-    (out / "tokenizer").mkdir()
-    for name, data in files.items():
-        (out / "tokenizer" / name).write_bytes(data)
+    for suffix, tokenizer in files.items():
+        load_text_encoder_in_float32(out, f"text_encoder{suffix}")
+        shutil.rmtree(out / f"tokenizer{suffix}")
+        (out / f"tokenizer{suffix}").mkdir()
+        for name, data in tokenizer.items():
+            (out / f"tokenizer{suffix}" / name).write_bytes(data)

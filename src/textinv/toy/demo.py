@@ -137,7 +137,8 @@ def run_demo(
     pipe = toy_pipeline(model)
     extra = sample_overrides or {}
     baseline = sample(pipe, BASELINE_PROMPT.format(shape), num_images, seed, model, **extra)
-    load_concept(pipe, result.embedding_path, PLACEHOLDER)
+    # The output folder, not `embedding_path`: an SDXL concept is two files, one per text encoder.
+    load_concept(pipe, out / "embedding", PLACEHOLDER)
     learned = sample(pipe, BASELINE_PROMPT.format(PLACEHOLDER), num_images, seed, model, **extra)
     for name, images in (("baseline", baseline), ("learned", learned)):
         (out / name).mkdir(parents=True, exist_ok=True)
