@@ -23,19 +23,15 @@ taken N times, the trainers' order reversed every other round, and medians are r
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import train_speed as ts
-
-LONG_RUN = 1000  # the trainers' --max_train_steps; they are stopped after the measured steps
 
 COMPETITORS = {
     "loop": "while True:\n    pass\n",
@@ -67,7 +63,7 @@ def measure(args, trainer: str, contended: bool, model: Path, data: Path, shim: 
         data,
         out,
         resolution=args.resolution,
-        steps=LONG_RUN,
+        steps=ts.LONG_RUN,
         precision="fp32",
         gradient_checkpointing=False,
         seed=args.seed,
@@ -84,40 +80,16 @@ def measure(args, trainer: str, contended: bool, model: Path, data: Path, shim: 
     print(f"contention: running {label} ...", file=sys.stderr)
     competitor = start_competitor(args.competitor) if contended else None
     try:
-        times, log_path = run_until(label, tail, flags, args.cache / "contention", env, args)
+        needed = args.warmup + args.steps
+        result = ts.run_trainer(label, tail, flags, args.cache / "contention", "fp32", env, args.timeout, needed)
     finally:
         competitor_cpu = stop_competitor(competitor) if competitor else None
     row = {"trainer": trainer, "contended": contended, "s_step": None, "error": None, "competitor_cpu": competitor_cpu}
     try:
-        row["s_step"] = 1 / ts.steady_rate(times, args.warmup, args.steps)
+        row["s_step"] = 1 / ts.steady_rate(result.step_times, args.warmup, args.steps)
     except ValueError as e:
-        row["error"] = f"{e}; see {log_path}"
+        row["error"] = f"{e}; see {result.log_path}"
     return row
-
-
-def run_until(label: str, tail: list[str], flags: list[str], work: Path, env_extra: dict, args) -> tuple[list, Path]:
-    """Start a trainer on a long run (as a user's would be: textinv plans its CPU kernels only for runs of 20
-    steps or more) and stop it once steptimer has logged the steps the measurement needs."""
-    work.mkdir(parents=True, exist_ok=True)
-    step_log, run_log = work / f"{label}.steps", work / f"{label}.log"
-    step_log.unlink(missing_ok=True)
-    env = {**os.environ, **env_extra, "TEXTINV_BENCH_STEP_LOG": str(step_log)}
-    cmd = [sys.executable, str(ts.STEPTIMER), *tail, *flags]
-    needed, deadline = args.warmup + args.steps, time.monotonic() + args.timeout
-    with open(run_log, "w", encoding="utf-8") as log:
-        log.write(" ".join(cmd) + "\n\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if step_log.exists() and len(step_log.read_text().splitlines()) > needed:
-                    break
-                time.sleep(0.5)
-        finally:
-            proc.kill()
-            proc.wait()
-    times, _, _ = ts.parse_step_log(step_log.read_text() if step_log.exists() else "")
-    return times, run_log
 
 
 def summarise(rounds: list[list[dict]]) -> dict[tuple[str, bool], float | None]:
@@ -215,17 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     table += "\n\n" + "\n".join(by_round)
     print(table)
     if not args.no_record:
-        now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        header = (
-            f"\n### contention: {args.size}, cpu, {args.resolution} px, batch 1, fp32, competitor "
-            f"`{args.competitor}` — {now}\n\n"
+        title = f"contention: {args.size}, cpu, {args.resolution} px, batch 1, fp32, competitor `{args.competitor}`"
+        details = (
             f"Machine: {ts.machine_description('cpu')}. Load average before/after: {load_before} / "
             f"{ts.load_average()}. {args.steps} timed steps after {args.warmup} warm-up steps, "
-            f"{args.rounds} round(s), medians.\n"
-            f"Command: `python bench/contention.py {' '.join(sys.argv[1:])}`\n\n"
+            f"{args.rounds} round(s), medians."
         )
-        with open(args.results, "a", encoding="utf-8") as f:
-            f.write(header + table + "\n")
+        ts.record(args.results, title, details, table, script="contention.py")
     return 0 if all_ok else 1
 
 

@@ -50,6 +50,10 @@ GIB = 1024**3
 # The model: SD-1.5's configs, random weights.
 
 
+# The --max_train_steps of benches that stop a trainer after the steps they measure (`run_trainer(stop_after=)`).
+LONG_RUN = 1000
+
+
 def sd15_configs(size: str) -> dict:
     """UNet / VAE / text-encoder / scheduler configs: SD-1.5's own ("sd15"), or a tiny look-alike ("tiny")."""
     if size == "sd15":
@@ -271,8 +275,14 @@ def run_trainer(
     precision: str,
     env_extra: dict[str, str],
     timeout: float,
+    stop_after: int | None = None,
 ) -> RunResult:
-    """Run one trainer under steptimer in a fresh process; wait4 gives its peak RSS."""
+    """Run one trainer under steptimer in a fresh process; wait4 gives its peak RSS.
+
+    With `stop_after`, the trainer is stopped once steptimer has logged that many steps and the run counts as
+    complete: benches start a long run (textinv plans its CPU kernels only for runs of 20 steps or more, as a
+    user's run would be) and measure its first steps.
+    """
     work.mkdir(parents=True, exist_ok=True)
     step_log = work / f"{trainer}-{precision}.steps"
     run_log = work / f"{trainer}-{precision}.log"
@@ -283,12 +293,17 @@ def run_trainer(
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+        enough = (lambda: _logged_steps(step_log) >= stop_after) if stop_after else (lambda: False)
         try:
-            _, status, usage = _wait4_with_timeout(proc, timeout)
+            _, status, usage = _wait4_with_timeout(proc, timeout, enough)
         except TimeoutError:
             proc.kill()
             _, status, usage = os.wait4(proc.pid, 0)
             status = 124 << 8
+        except _Enough:
+            proc.kill()
+            _, _, usage = os.wait4(proc.pid, 0)
+            proc.returncode, status = 0, 0  # stopped on purpose, with every step it was asked for
     times, rss, cuda = parse_step_log(step_log.read_text() if step_log.exists() else "")
     return RunResult(
         trainer=trainer,
@@ -302,7 +317,21 @@ def run_trainer(
     )
 
 
-def _wait4_with_timeout(proc: subprocess.Popen, timeout: float):
+class _Enough(Exception):
+    """The trainer has logged every step the bench needs."""
+
+
+def _logged_steps(step_log: Path) -> int:
+    """Optimizer steps steptimer has logged so far."""
+    try:
+        text = step_log.read_text()
+    except FileNotFoundError:
+        return 0
+    return len(parse_step_log(text)[0])
+
+
+def _wait4_with_timeout(proc: subprocess.Popen, timeout: float, enough=lambda: False):
+    """wait4 for `proc`; TimeoutError past `timeout` seconds, StopIteration once `enough()` (process still running)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -311,6 +340,8 @@ def _wait4_with_timeout(proc: subprocess.Popen, timeout: float):
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
             return pid, status, usage
+        if enough():
+            raise _Enough
         if time.monotonic() > deadline:
             raise TimeoutError
         time.sleep(0.5)
@@ -607,7 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if not args.no_record:
-        record(args, table, load_before, load_average())
+        title = (
+            f"train_speed: {args.size}, {args.device}, {args.resolution} px, batch 1, {'/'.join(args.precision)}"
+            + (", gradient checkpointing" if args.gradient_checkpointing else "")
+        )
+        record(args.results, title, speed_details(args, load_before, load_average()), table)
     return 0 if all_ok else 1
 
 
@@ -646,19 +681,21 @@ def _run_round(args, trainers, model, data, env_extra, shim, variants, flag_vari
     return results
 
 
-def record(args: argparse.Namespace, table: str, load_before: str, load_after: str) -> None:
-    """Append the table to RESULTS.md with the machine, date, settings and load."""
+def record(results: Path, title: str, details: str, table: str, script: str = "train_speed.py") -> None:
+    """Append a table to RESULTS.md under a dated title, with what it ran on and the command that made it."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    header = (
-        f"\n### train_speed: {args.size}, {args.device}, {args.resolution} px, batch 1, "
-        f"{'/'.join(args.precision)}{', gradient checkpointing' if args.gradient_checkpointing else ''} — {now}\n\n"
+    command = f"python bench/{script} {' '.join(sys.argv[1:])}".rstrip()
+    with open(results, "a", encoding="utf-8") as f:
+        f.write(f"\n### {title} — {now}\n\n{details}\nCommand: `{command}`\n\n{table}\n")
+
+
+def speed_details(args: argparse.Namespace, load_before: str, load_after: str) -> str:
+    """The machine, threads, load and step counts of a train_speed-style run."""
+    return (
         f"Machine: {machine_description(args.device)}; OMP_NUM_THREADS={args.threads or 'unset'}. "
         f"Load average before/after: {load_before} / {load_after}. "
-        f"{args.steps} timed steps after {args.warmup} warm-up steps.\n"
-        f"Command: `python bench/train_speed.py {' '.join(sys.argv[1:])}`\n\n"
+        f"{args.steps} timed steps after {args.warmup} warm-up steps."
     )
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(header + table + "\n")
 
 
 if __name__ == "__main__":

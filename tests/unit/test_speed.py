@@ -135,6 +135,29 @@ def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tm
     assert "2.10× (2.05–2.15)" in capsys.readouterr().out
 
 
+def test_run_trainer_stops_a_long_run_after_the_steps_it_needs(train_speed, tmp_path, monkeypatch):
+    # A "trainer" that logs a step every 0.05 s for ever, as steptimer would (time stamp, RSS, CUDA bytes).
+    trainer = tmp_path / "forever.py"
+    trainer.write_text(
+        "import os, time\n"
+        "log = open(os.environ['TEXTINV_BENCH_STEP_LOG'], 'a', buffering=1)\n"
+        "while True:\n    time.sleep(0.05)\n    log.write(f'{time.perf_counter()} 1000 0\\n')\n"
+    )
+    monkeypatch.setattr(train_speed, "STEPTIMER", trainer)  # run it directly instead of under steptimer
+    result = train_speed.run_trainer("fake", [], [], tmp_path / "runs", "fp32", {}, timeout=60, stop_after=5)
+    assert result.ok and result.returncode == 0
+    assert 5 <= len(result.step_times) < 100  # stopped soon after the 5th step, not at the timeout
+    assert result.maxrss > 0
+
+
+def test_run_trainer_reports_a_timeout_as_a_failure(train_speed, tmp_path, monkeypatch):
+    trainer = tmp_path / "silent.py"
+    trainer.write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(train_speed, "STEPTIMER", trainer)
+    result = train_speed.run_trainer("fake", [], [], tmp_path / "runs", "fp32", {}, timeout=1, stop_after=5)
+    assert not result.ok and result.returncode == 124
+
+
 def test_rounds_must_be_positive(train_speed, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_speed.parse_args(["--rounds", "0"])
