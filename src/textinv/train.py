@@ -324,8 +324,11 @@ def _prepare_data(cfg: TrainConfig, pipe, family: FamilyAdapter, unet, device, w
     # The UNet goes to the device only now: on a GPU the VAE's encode at full resolution and the UNet are
     # never resident together, so the peak is the larger of the two phases, not their sum.
     unet.to(device)
-    # prompts[image][template]: diffusers' templates (one shared row), or --template_file with each image's caption.
-    table = training_prompts(image_paths, family.prompt_string, cfg.learnable_property, cfg.template_file)
+    # prompts[image][template]: diffusers' templates (one shared row), followed by each image's caption when the
+    # images have captions, or --template_file with them.
+    table = training_prompts(
+        image_paths, family.prompt_string, cfg.learnable_property, cfg.template_file, cfg.ignore_captions
+    )
     prompt_ids = tokenize_prompt_table(family.tokenize, table)
     return posteriors, prompt_ids, len(images)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO, learned, run_cli, train_args
+
+from textinv.data import OBJECT_TEMPLATES
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +38,20 @@ def test_template_file_and_captions_change_what_is_learned(sd1_model, concept_di
     assert not torch.equal(plain, tmpl) and not torch.equal(tmpl, capt)
 
 
-def test_captions_without_template_file_leave_training_unchanged(sd1_model, concept_dir, tmp_path):
+def test_captions_follow_the_default_templates_unless_ignored(sd1_model, concept_dir, tmp_path, caplog):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("".join(f"{t.format('[name]')}, [filewords]\n" for t in OBJECT_TEMPLATES))
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "plain")) == 0
     _captioned(concept_dir)
-    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "capt")) == 0
-    assert torch.equal(learned(tmp_path / "plain")["<cat-toy>"], learned(tmp_path / "capt")["<cat-toy>"])
+    with caplog.at_level(logging.INFO, logger="textinv"):
+        assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "capt")) == 0
+    assert "using the captions beside 4 of 4 images" in caplog.text and "--ignore_captions" in caplog.text
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "ignored", "--ignore_captions")) == 0
+    assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "tmpl", "--template_file", templates)) == 0
+    plain, capt, ignored, tmpl = (learned(tmp_path / n)["<cat-toy>"] for n in ("plain", "capt", "ignored", "tmpl"))
+    assert torch.equal(plain, ignored)  # --ignore_captions trains as diffusers' script does
+    assert not torch.equal(plain, capt)
+    assert torch.equal(capt, tmpl)  # the same as writing "TEMPLATE, [filewords]" for every diffusers template
 
 
 def test_template_without_name_is_a_one_line_error_before_training(sd1_model, concept_dir, tmp_path, capsys):

@@ -46,7 +46,7 @@ def test_template_file_fills_name_and_each_images_caption(tmp_path):
     table = training_prompts(paths, "<tok>", "object", str(templates))
     assert table == [
         ["a photo of <tok>, a red star on grass", "a red star on grass in the style of <tok>"],
-        ["a photo of <tok>,", "in the style of <tok>"],  # no caption: empty [filewords]
+        ["a photo of <tok>", "in the style of <tok>"],  # no caption: empty [filewords], no dangling comma
         ["a photo of <tok>, a blue one", "a blue one in the style of <tok>"],
     ]
 
@@ -169,3 +169,15 @@ def test_a_family_with_two_tokenizers_gets_a_table_for_each():
     table = prompt_table("cat", 2, templates=["[name] [filewords]"], captions=["a", "b"])
     first, second = tokenize_prompt_table(lambda texts: (*tokenize(texts), *tokenize(texts)), table)
     assert first.shape == second.shape == (2, 1, 77) and first.equal(second)
+
+
+def test_captions_follow_the_default_templates_and_an_image_without_one_keeps_the_bare_template(tmp_path, caplog):
+    paths = _images(tmp_path / "imgs")
+    caption_path(paths[0]).write_text("on a  white\nbackground", encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        table = training_prompts(paths, "<t>", "object", None)
+    bare = [t.format("<t>") for t in OBJECT_TEMPLATES]
+    assert table[0] == [f"{t}, on a white background" for t in bare]
+    assert table[1] == table[2] == bare  # no dangling comma where there is no caption
+    assert "using the captions beside 1 of 3 images" in caplog.text
+    assert training_prompts(paths, "<t>", "object", None, ignore_captions=True) == [bare, bare, bare]

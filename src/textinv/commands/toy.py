@@ -31,6 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write img_00.png ... into")
     p.add_argument("--background", default=None, help="fix the background (default: varied)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-captions",
+        dest="captions",
+        action="store_false",
+        help="write images only (default: a caption beside each, img_00.txt, naming what is not the concept: "
+        "an object's background, a style's shape)",
+    )
     p.set_defaults(func=run_images)
 
     p = sub.add_parser("score", help="fraction of images in a folder that show the expected concept")
@@ -96,8 +103,11 @@ def run_images(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise TextinvError(f"-n must be at least 1 (got {args.num})")
-    paths = world.write_concept_images(args.concept, args.out, args.num, background=args.background, seed=args.seed)
-    print(f"wrote {len(paths)} images of {args.concept!r} to {args.out}")
+    paths = world.write_concept_images(
+        args.concept, args.out, args.num, background=args.background, seed=args.seed, captions=args.captions
+    )
+    captioned = " with captions (img_NN.txt)" if args.captions else ""
+    print(f"wrote {len(paths)} images of {args.concept!r} to {args.out}{captioned}")
     return 0
 
 

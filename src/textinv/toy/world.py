@@ -292,10 +292,14 @@ def write_concept_images(
     *,
     background: str | None = None,
     seed: int = 0,
+    captions: bool = False,
 ) -> list[Path]:
     """Write `n` images of a concept ("green heart", or "striped" for a background style) to `out_dir`.
 
-    File names never name the concept (img_00.png ...): a training set should not leak its label.
+    File names never name the concept (img_00.png ...): a training set should not leak its label. With
+    `captions`, each image gets a caption (img_00.txt) naming what it shows besides the concept, as a user
+    captions photos: the background of an object ("on a white background"), the shape of a style ("a red
+    circle"); `textinv train` puts it after each prompt, so the new token need not learn it.
     """
     out = Path(out_dir)
     if concept.strip().lower() in BACKGROUNDS:
@@ -314,6 +318,10 @@ def write_concept_images(
         # For a style concept, vary the shape from image to image so only the background is shared.
         s = SHAPES[(i + seed) % len(SHAPES)] if shape is None else shape
         path = out / f"img_{i:02d}.png"
-        render(random_scene(rng, s, colour, background)).save(path)
+        scene = random_scene(rng, s, colour, background)
+        render(scene).save(path)
+        if captions:
+            text = f"a {scene.colour} {scene.shape}" if shape is None else f"on a {scene.background} background"
+            path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
         paths.append(path)
     return paths

@@ -74,10 +74,23 @@ def test_parse_concept_accepts_colour_shape_and_rejects_others():
 def test_toy_images_command_writes_unnamed_deterministic_files(tmp_path, capsys):
     assert main(["toy", "images", "green heart", "-n", "3", "--out", str(tmp_path / "a"), "--seed", "7"]) == 0
     assert main(["toy", "images", "green heart", "-n", "3", "--out", str(tmp_path / "b"), "--seed", "7"]) == 0
-    a, b = sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())
+    a, b = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
     assert [p.name for p in a] == ["img_00.png", "img_01.png", "img_02.png"]
     assert all(np.array_equal(x, y) for x, y in zip(_pixels(a), _pixels(b), strict=True))
     assert len({x.tobytes() for x in _pixels(a)}) == 3
+
+
+def test_toy_images_command_writes_captions_naming_what_is_not_the_concept(tmp_path, capsys):
+    assert (
+        main(["toy", "images", "green heart", "-n", "3", "--out", str(tmp_path / "obj"), "--background", "black"]) == 0
+    )
+    assert "with captions" in capsys.readouterr().out
+    assert [(tmp_path / "obj" / f"img_{i:02d}.txt").read_text() for i in range(3)] == ["on a black background\n"] * 3
+    assert main(["toy", "images", "striped", "-n", "2", "--out", str(tmp_path / "style")]) == 0
+    captions = [(tmp_path / "style" / f"img_{i:02d}.txt").read_text().split() for i in range(2)]
+    assert all(len(c) == 3 and c[0] == "a" and c[1] in world.COLOURS and c[2] in world.SHAPES for c in captions)
+    assert main(["toy", "images", "green heart", "-n", "2", "--out", str(tmp_path / "bare"), "--no-captions"]) == 0
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["img_00.png", "img_01.png"]
 
 
 def test_toy_images_style_concept_shares_background_across_shapes(tmp_path):
