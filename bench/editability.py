@@ -2,9 +2,11 @@
 
 For random concepts of the shapes world (seeded, so that they are held out from whatever the
 settings were tuned on), each trained once on five images of one background, as a user's photos
-share one: `textinv toy images CONCEPT -n 5 --background B`, `textinv train` with nothing but the
-data, `--placeholder_token "<x>"`, `--initializer_token SHAPE` and `--seed`, then for EVERY background
-of the world that the concept's colour may be drawn on (world.allowed):
+share one: `textinv toy images CONCEPT -n 5 --background B` (which writes each image's caption beside
+it, "on a B background", as a user captions what is not the concept; `--no-captions` trains on the
+images alone), `textinv train` with nothing but the data, `--placeholder_token "<x>"`,
+`--initializer_token SHAPE` and `--seed`, then for EVERY background of the world that the concept's
+colour may be drawn on (world.allowed):
 
 - "a <x> on a BACKGROUND background"    (learned)            concept match and background, target >= 70 % each
 - "a SHAPE on a BACKGROUND background"  (initializer alone)  the same two rates, for comparison
@@ -75,7 +77,9 @@ def concept_rows(concept: str, trained_on: str, work: Path, args: argparse.Names
     """Train `concept` once on five images of `trained_on`, then score both prompts on every background."""
     _, shape = world.parse_concept(concept)
     data, emb = work / "images", work / "embedding"
-    run("toy", "images", concept, "-n", "5", "--background", trained_on, "--seed", str(seed), "--out", str(data))
+    captions = [] if args.captions else ["--no-captions"]
+    run("toy", "images", concept, "-n", "5", "--background", trained_on, "--seed", str(seed), "--out", str(data),
+        *captions)  # fmt: skip
     started = time.perf_counter()
     run("train", "--train_data_dir", str(data), "--placeholder_token", "<x>", "--initializer_token", shape,
         "--seed", str(seed), "--output_dir", str(emb), *shlex.split(args.train_flags))  # fmt: skip
@@ -122,6 +126,9 @@ def main() -> None:
     parser.add_argument("--train-background", help="train every concept on this background (default: drawn)")
     parser.add_argument("--exclude", action="append", default=["orange star"], help="never draw this concept")
     parser.add_argument("-n", "--num-images", type=int, default=16, help="samples per prompt and background")
+    parser.add_argument(
+        "--no-captions", dest="captions", action="store_false", help="train on the images alone, without captions"
+    )
     parser.add_argument("--train-flags", default="", help="extra `textinv train` flags")
     parser.add_argument("--generate-flags", default="", help="extra `textinv generate` flags")
     args = parser.parse_args()

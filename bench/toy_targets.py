@@ -1,6 +1,8 @@
 """The toy model's fidelity targets (issue 3), measured the way a user would: real CLI commands only.
 
-For each object concept: `textinv toy images CONCEPT -n 5`, then `textinv train` with nothing but
+For each object concept: `textinv toy images CONCEPT -n 5` (images and their captions, each naming
+the image's background, as a user captions what is not the concept; the bundled examples have no
+captions), then `textinv train` with nothing but
 `--train_data_dir`, `--placeholder_token`, `--initializer_token SHAPE` (and an output folder), then
 `textinv generate` at its defaults, 32 samples per prompt, judged by `textinv toy score`'s judge:
 
