@@ -10,6 +10,8 @@ colour may be drawn on (world.allowed):
 
 - "a <x> on a BACKGROUND background"    (learned)            concept match and background, target >= 70 % each
 - "a SHAPE on a BACKGROUND background"  (initializer alone)  the same two rates, for comparison
+- "a COLOUR SHAPE on a BACKGROUND background" (in words)    what the model draws when told: a cell the words
+                                                             miss is one the model cannot draw
 
 judged as `textinv toy score` does. Everything is seeded: the same command prints the same table.
 
@@ -37,6 +39,11 @@ from textinv.cli import main as textinv  # noqa: E402
 from textinv.toy import judge, world  # noqa: E402
 
 TARGET = 0.7
+ROWS = {  # the prompt rows of each concept: the learned token, the initializer word alone, the concept in words
+    "learned": "a <x> on a B background",
+    "initializer": "a SHAPE on a B background",
+    "words": "a COLOUR SHAPE on a B background",
+}
 
 
 def run(*args: str) -> None:
@@ -58,15 +65,17 @@ def draw_concepts(n: int, seed: int, exclude: set[str]) -> list[tuple[str, str]]
     return picks
 
 
-def edit_scores(concept: str, emb: Path | None, work: Path, n: int, seed: int, flags: list[str]) -> dict:
-    """{background: score} for "a <x> on a B background" (or the initializer word alone when `emb` is None)."""
+def edit_scores(concept: str, kind: str, emb: Path | None, work: Path, n: int, seed: int, flags: list[str]) -> dict:
+    """{background: score} for "a WORD on a B background", WORD being the learned token (`kind` "learned"), the
+    initializer word alone ("initializer") or the concept in words ("words": what the model draws when told)."""
     colour, shape = world.parse_concept(concept)
-    word, extra = ("<x>", ["--concept", str(emb)]) if emb else (shape, [])
+    word = {"learned": "<x>", "initializer": shape, "words": concept}[kind]
+    extra = ["--concept", str(emb)] if kind == "learned" else []
     scores = {}
     for background in world.BACKGROUNDS:
         if colour is not None and not world.allowed(colour, background):
             continue  # the world never draws a shape on its own colour: nothing to judge
-        out = work / f"{'learned' if emb else 'initializer'}-{background}"
+        out = work / f"{kind}-{background}"
         prompt = f"a {word} on a {background} background"
         run("generate", prompt, "-n", str(n), "--out", str(out), "--seed", str(seed), "--quiet", *extra, *flags)
         scores[background] = judge.score_folder(out, concept, background)
@@ -89,8 +98,7 @@ def concept_rows(concept: str, trained_on: str, work: Path, args: argparse.Names
         "concept": concept,
         "trained_on": trained_on,
         "train_s": seconds,
-        "learned": edit_scores(concept, emb, work, args.num_images, seed, gen),
-        "initializer": edit_scores(concept, None, work, args.num_images, seed, gen),
+        **{kind: edit_scores(concept, kind, emb, work, args.num_images, seed, gen) for kind in ROWS},
     }
 
 
@@ -103,7 +111,7 @@ def print_table(rows: list[dict], command: str, n: int) -> None:
     print("| concept (trained on) | train s | prompt | " + " | ".join(world.BACKGROUNDS) + " |")
     print("| --- | ---: | --- |" + " ---: |" * len(world.BACKGROUNDS))
     for r in rows:
-        for kind, label in (("learned", "a <x> on a B background"), ("initializer", "a SHAPE on a B background")):
+        for kind, label in ROWS.items():
             lead = f"{r['concept']} ({r['trained_on']}) | {r['train_s']:.0f}" if kind == "learned" else " | "
             cells = " | ".join(cell(r[kind].get(b)) for b in world.BACKGROUNDS)
             print(f"| {lead} | {label} | {cells} |")
@@ -115,6 +123,13 @@ def print_table(rows: list[dict], command: str, n: int) -> None:
     print(
         f"\nlearned cells meeting >= {TARGET:.0%} concept and background: {len(met)} of {len(learned)} "
         f"(worst concept match {worst_match:.0%}, worst background {worst_bg:.0%}; target: {ok})"
+    )
+    # Where the model cannot draw the concept even when told in words, no learned token is expected to.
+    drawable = [(r["learned"][b], w) for r in rows for b, w in r["words"].items() if w["match"] >= TARGET]
+    met_drawable = [s for s, _ in drawable if s["match"] >= TARGET and s["background"] >= TARGET]
+    print(
+        f"of the {len(drawable)} cells the words themselves draw (>= {TARGET:.0%}), the learned token meets the target "
+        f"in {len(met_drawable)}"
     )
 
 

@@ -22,9 +22,14 @@ def test_editability_bench_prints_a_cell_for_every_allowed_background(tmp_path):
     assert header and header.group(1).split(" | ") == list(world.BACKGROUNDS)
     learned = re.search(r"^\| white ring \(blue\) \| \d+ \| a <x> on a B background \| (.+) \|$", out, re.M)
     alone = re.search(r"^\|  \|  \| a SHAPE on a B background \| (.+) \|$", out, re.M)
-    for row in (learned, alone):
+    words = re.search(r"^\|  \|  \| a COLOUR SHAPE on a B background \| (.+) \|$", out, re.M)
+    for row in (learned, alone, words):
         cells = row.group(1).split(" | ")
         # A white shape is never drawn on white: that cell is skipped, the other four are judged (0, 50 or 100 %).
         assert cells[0] == "—" and all(re.fullmatch(r"(0|50|100)% / (0|50|100)%", c) for c in cells[1:]), cells
     summary = re.search(r"learned cells meeting >= 70% concept and background: (\d) of 4 .*target: (ok|MISSED)\)", out)
     assert summary and (summary.group(2) == "ok") == (summary.group(1) == "4")
+    drawable = re.search(
+        r"of the (\d) cells the words themselves draw \(>= 70%\), the learned token meets the target in (\d)", out
+    )
+    assert drawable and int(drawable.group(2)) <= int(drawable.group(1)) <= 4
