@@ -24,7 +24,7 @@ configure_cpu_runtime()  # what the `textinv` command does first: libgomp reads 
 
 import torch  # noqa: E402
 
-from textinv.toy import judge, world  # noqa: E402
+from textinv.toy import judge, unclear, world  # noqa: E402
 from textinv.toy.demo import BASELINE_PROMPT, sample, toy_pipeline  # noqa: E402
 
 
@@ -63,7 +63,8 @@ def main() -> None:
     for shape in world.SHAPES:
         readings = judge.classify(sample(pipe, BASELINE_PROMPT.format(shape), n, args.seed, args.model), scorer)
         colours = Counter(r["colour"] for r in readings).most_common()
-        top, count = colours[0]
+        # The worst concept is the most frequent colour the judge could name: "unclear" is no concept.
+        top, count = next(((c, k) for c, k in colours if c != unclear.UNCLEAR), (colours[0][0], 0))
         worst = max(worst, count / n)
         mix = ", ".join(f"{c} {k}" for c, k in colours[:4])
         shapes = sum(r["shape"] == shape for r in readings) / n
