@@ -40,7 +40,8 @@ def test_template_file_and_captions_change_what_is_learned(sd1_model, concept_di
 
 def test_captions_follow_the_default_templates_unless_ignored(sd1_model, concept_dir, tmp_path, caplog):
     templates = tmp_path / "templates.txt"
-    templates.write_text("".join(f"{t.format('[name]')} [filewords]\n" for t in OBJECT_TEMPLATES))
+    bare = [t.format("[name]") for t in OBJECT_TEMPLATES]
+    templates.write_text("".join(f"{t}\n" for t in bare) + "".join(f"{t} [filewords]\n" for t in bare))
     assert run_cli(train_args(sd1_model, concept_dir, tmp_path / "plain")) == 0
     _captioned(concept_dir)
     with caplog.at_level(logging.INFO, logger="textinv"):
@@ -51,7 +52,7 @@ def test_captions_follow_the_default_templates_unless_ignored(sd1_model, concept
     plain, capt, ignored, tmpl = (learned(tmp_path / n)["<cat-toy>"] for n in ("plain", "capt", "ignored", "tmpl"))
     assert torch.equal(plain, ignored)  # --ignore_captions trains as diffusers' script does
     assert not torch.equal(plain, capt)
-    assert torch.equal(capt, tmpl)  # the same as writing "TEMPLATE [filewords]" for every diffusers template
+    assert torch.equal(capt, tmpl)  # the same as a template file of every diffusers template, bare and with [filewords]
 
 
 def test_template_without_name_is_a_one_line_error_before_training(sd1_model, concept_dir, tmp_path, capsys):

@@ -177,7 +177,7 @@ def test_captions_follow_the_default_templates_and_an_image_without_one_keeps_th
     with caplog.at_level(logging.INFO):
         table = training_prompts(paths, "<t>", "object", None)
     bare = [t.format("<t>") for t in OBJECT_TEMPLATES]
-    assert table[0] == [f"{t} on a white background" for t in bare]
-    assert table[1] == table[2] == bare  # no dangling comma where there is no caption
+    assert table[0] == bare + [f"{t} on a white background" for t in bare]  # half the prompts carry the caption
+    assert table[1] == table[2] == bare + bare  # no dangling space or comma where there is no caption
     assert "using the captions beside 1 of 3 images" in caplog.text
     assert training_prompts(paths, "<t>", "object", None, ignore_captions=True) == [bare, bare, bare]
