@@ -392,7 +392,7 @@ def training_prompts(
     ignore_captions: bool = False,
 ) -> list[list[str]]:
     """`prompt_table` for a run: `--template_file` and the images' captions when given, else diffusers' templates,
-    followed by each image's caption when the images have captions.
+    bare and (when the images have captions) followed by each image's caption: half the prompts carry it.
 
     Why captions by default: a caption names what the image shows besides the concept (its background, for an
     object), so the new token need not learn it (`caption_templates`). Learned from five blue squares on white
