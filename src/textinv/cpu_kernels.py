@@ -133,9 +133,22 @@ class _KernelCensus(TorchFunctionMode):
         return out
 
 
+def _dropped(tensor: torch.Tensor) -> None:
+    return None
+
+
+def _no_backward(packed: None) -> torch.Tensor:
+    raise RuntimeError("the kernel census forward keeps no tensors: its graph cannot run a backward")
+
+
 def record_kernel_calls(run_forward) -> Counter[KernelCall]:
-    """The frozen convolution and linear calls, by shape, that `run_forward` (one training forward) makes."""
-    with _KernelCensus() as census:
+    """The frozen convolution and linear calls, by shape, that `run_forward` (one training forward) makes.
+
+    The forward runs with gradients on (a call's `input_grad` is read from it), but keeps none of the tensors a
+    backward would need: it is never run backward, and keeping them would put a whole step's activations on top
+    of the timings that follow (at SDXL size, 0.2 GB above the training step's own peak).
+    """
+    with _KernelCensus() as census, torch.autograd.graph.saved_tensors_hooks(_dropped, _no_backward):
         run_forward()
     return census.calls
 

@@ -104,6 +104,26 @@ def test_record_kernel_calls_counts_a_steps_frozen_calls_by_shape():
     )  # the trainable head is not counted: its weight gradient needs PyTorch's own path
 
 
+def test_record_kernel_calls_keeps_no_activations_for_a_backward():
+    """The census forward is never run backward: it keeps nothing, so planning adds no step's activations."""
+    net = _Net()
+    kept = []
+
+    def forward():
+        out = net(torch.randn(1, 3, 6, 6))
+        kept.append(out)
+        return out
+
+    record_kernel_calls(forward)
+    (out,) = kept
+    assert out.requires_grad  # gradients were on, so `input_grad` is read as training would see it
+    with pytest.raises(RuntimeError, match="keeps no tensors"):
+        out.sum().backward()
+    # Outside the census the same forward keeps its tensors and runs backward.
+    net(torch.randn(1, 3, 6, 6)).sum().backward()
+    assert net.head.weight.grad is not None
+
+
 def test_time_kernel_calls_interleaves_the_kernels_and_keeps_each_shapes_best(monkeypatch):
     """Every shape runs `repeats` times per kernel set, the sets alternating; the best reading counts."""
     readings = iter([0.5, 0.04, 0.03, 0.05, 0.03, 0.06])  # onednn, native, onednn, native, ...: one slow first call
