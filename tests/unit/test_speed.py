@@ -457,3 +457,18 @@ def test_steptimer_runs_textinv_under_textinv_own_openmp_settings(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "GOMP_SPINCOUNT = '1000'" in done.stderr  # libgomp's own default spins 300000 rounds
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_step_flops_counts_a_training_steps_work_attention_included(tmp_path, monkeypatch, family):
+    monkeypatch.syspath_prepend(str(BENCH))  # step_flops imports train_speed / sdxl_speed as the bench's modules
+    step_flops = _load("step_flops")
+    pipe = step_flops.load_pipeline(family, "tiny", tmp_path)
+    kinds = step_flops.step_flops(pipe, 32)
+    # every kind of work the step does is seen: the CPU flash-attention kernel through our formulas
+    assert kinds["matrix products"] > 0 and kinds["convolutions"] > 0 and kinds["attention"] > 0
+    rate, where = step_flops.fastest_product(sizes=(64,), repeats=1)
+    assert rate > 0 and "64x64" in where
+    table = step_flops.format_table(kinds, rate, where, target=1.0)
+    total = sum(kinds.values()) / 1e9
+    assert f"| total | {total:.1f} | 100% |" in table and f"{total / rate:.2f} s" in table
