@@ -117,3 +117,45 @@ def test_gradient_checkpointing_gives_the_same_gradient(sd1_model):
     plain, rematerialised = grad_of_context(False), grad_of_context(True)
     assert np.abs(plain).max() > 0
     np.testing.assert_allclose(rematerialised, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "batch, size, din, dout, kernel, stride",
+    [
+        (1, 4, 64, 16, 3, 1),  # a small map with many channels: SD's 8x8 / 4x4 levels in miniature
+        (2, 5, 64, 8, 3, 2),  # a downsampler on an odd map, batch 2
+        (1, 9, 8, 16, 1, 1),  # 1x1 (shortcut / proj_in): a product at every size
+    ],
+)
+def test_conv_as_patches_product_matches_torch(batch, size, din, dout, kernel, stride):
+    """Where XLA's CPU convolution is slow, `Conv` is a product over image patches: it must be the same map, forward
+    and input gradient, as torch's conv2d with the same weights (what the UNet test checks at the model's scale)."""
+    from textinv.backends.jax.layers import conv, patches_product_wins
+
+    layer = conv(din, dout, kernel, nnx.Rngs(0), stride=stride)
+    out_size = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    assert patches_product_wins(batch * out_size**2, din, kernel * kernel, jax.default_backend())
+    x = np.random.default_rng(0).standard_normal((batch, size, size, din)).astype(np.float32)
+    probe = np.random.default_rng(1).standard_normal((batch, out_size, out_size, dout)).astype(np.float32)
+
+    loss = lambda x: jnp.sum(layer(x) * probe)  # noqa: E731
+    traced = str(jax.make_jaxpr(loss)(x))
+    assert "conv_general_dilated" not in traced and "dot_general" in traced
+    got, got_grad = jax.jit(layer)(x), jax.jit(jax.grad(loss))(x)
+
+    weight = torch.tensor(np.asarray(layer.kernel[...]).transpose(3, 2, 0, 1), requires_grad=False)
+    bias = torch.tensor(np.asarray(layer.bias[...]))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, weight, bias, stride=stride, padding=kernel // 2)
+    (expected * torch.tensor(probe.transpose(0, 3, 1, 2))).sum().backward()
+    np.testing.assert_allclose(np.asarray(got), expected.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got_grad), tx.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_large_maps_and_accelerators_keep_xla_convolutions():
+    from textinv.backends.jax.layers import patches_product_wins
+
+    assert not patches_product_wins(32 * 32, 320, 9, "cpu")  # SD's 32x32 level at 256 px: Eigen's convolution wins
+    assert patches_product_wins(8 * 8, 1280, 9, "cpu")
+    assert patches_product_wins(64 * 64, 320, 1, "cpu")
+    assert not any(patches_product_wins(8 * 8, 1280, 9, platform) for platform in ("gpu", "tpu"))

@@ -472,3 +472,20 @@ def test_step_flops_counts_a_training_steps_work_attention_included(tmp_path, mo
     table = step_flops.format_table(kinds, rate, where, target=1.0)
     total = sum(kinds.values()) / 1e9
     assert f"| total | {total:.1f} | 100% |" in table and f"{total / rate:.2f} s" in table
+
+
+def test_jax_conv_bench_times_every_convolution_of_the_unet_both_ways(tmp_path, monkeypatch):
+    pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
+    monkeypatch.syspath_prepend(str(BENCH))  # jax_conv imports train_speed as the bench's module
+    jax_conv = _load("jax_conv")
+    convs = jax_conv.unet_convolutions("tiny", 32, 1)
+    # the tiny UNet (two levels, one resnet each, 4x4 latents): conv_in, conv_out, downsampler, resnets, shortcuts
+    assert convs[(1, 4, 4, 4, 32, 3, 1)] == 1  # conv_in: 4 latent channels in
+    assert convs[(1, 4, 4, 32, 4, 3, 1)] == 1  # conv_out
+    assert convs[(1, 4, 4, 32, 32, 3, 2)] == 1  # the downsampler, stride 2
+    assert sum(convs.values()) == 33
+    results = tmp_path / "RESULTS.md"
+    assert jax_conv.main(["--size", "tiny", "--repeats", "1", "--results", str(results)]) == 0
+    recorded = results.read_text()
+    assert "jax_conv: tiny UNet, 32 px, batch 1" in recorded and "Command: `python bench/jax_conv.py" in recorded
+    assert "| 1×4×4×4 | 32 | 3×3/1 | 1 |" in recorded and "| **all convolutions of a step** | | | 33 |" in recorded
