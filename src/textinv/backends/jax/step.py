@@ -112,7 +112,12 @@ class StepFunction:
             return (loss_sum + loss / micro_steps, grad_sum + grad / micro_steps), None
 
         start = (jnp.zeros((), jnp.float32), jnp.zeros_like(state.rows))
-        (loss, grad), _ = jax.lax.scan(accumulate, start, batch)
+        if micro_steps == 1:
+            # No loop for one micro-batch: inside XLA's while loop the CPU compiler leaves the UNet's input-gradient
+            # convolutions on a slower kernel (bench/RESULTS.md, issue 21); same arithmetic either way.
+            (loss, grad), _ = accumulate(start, jax.tree.map(lambda leaf: leaf[0], batch))
+        else:
+            (loss, grad), _ = jax.lax.scan(accumulate, start, batch)
         updates, opt_state = self.tx.update(grad, state.opt_state, state.rows)
         stepped = TrainState(optax.apply_updates(state.rows, updates), opt_state)
         finite = jnp.isfinite(loss)
