@@ -159,3 +159,27 @@ def test_large_maps_and_accelerators_keep_xla_convolutions():
     assert patches_product_wins(8 * 8, 1280, 9, "cpu")
     assert patches_product_wins(64 * 64, 320, 1, "cpu")
     assert not any(patches_product_wins(8 * 8, 1280, 9, platform) for platform in ("gpu", "tpu"))
+
+
+@pytest.mark.parametrize("size, kernel, stride", [((9, 7), 3, 1), ((9, 9), 3, 2), ((8, 8), 3, 2), ((6, 5), 1, 1)])
+def test_xla_conv_gradients_are_autodiffs(size, kernel, stride):
+    """`xla_conv` writes its input gradient out by hand (a plain convolution with the flipped kernel, see its
+    docstring): both gradients must be exactly what autodiff of XLA's convolution gives, odd sizes and strides too."""
+    from textinv.backends.jax.layers import NHWC, xla_conv
+
+    g = np.random.default_rng(0)
+    x = jnp.asarray(g.standard_normal((2, *size, 8)), jnp.float32)
+    weights = jnp.asarray(g.standard_normal((kernel, kernel, 8, 5)), jnp.float32)
+    pad = ((kernel // 2, kernel // 2),) * 2
+
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=NHWC)
+
+    def loss(conv):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1)))
+
+    ours = loss(lambda x, w: xla_conv(x, w, (stride, stride), pad))(x, weights)
+    autodiff = loss(plain)(x, weights)
+    for got, expected in zip(ours, autodiff, strict=True):
+        assert got.shape == expected.shape and float(jnp.abs(expected).max()) > 0
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
