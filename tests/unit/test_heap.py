@@ -1,0 +1,62 @@
+"""`heap.keep_freed_memory`: glibc keeps large freed blocks for reuse instead of unmapping them (process-wide, so
+each case runs in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, sys
+from textinv import heap
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+applied = heap.keep_freed_memory() if sys.argv[1] == "apply" else False
+before = libc.mallinfo2()
+block = libc.malloc(64 << 20)
+during = libc.mallinfo2()
+libc.free(ctypes.c_void_p(block))
+after = libc.mallinfo2()
+# mmapped bytes while the 64 MiB block lives; heap bytes kept (not trimmed) after it is freed
+print(applied, during.hblkhd - before.hblkhd, after.arena - before.arena)
+"""
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator only (Linux)"
+)
+
+
+def _probe(apply: bool = True, **env_extra) -> tuple[bool, int, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
+    cmd = [sys.executable, "-c", PROBE, "apply" if apply else "skip"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    applied, mapped, kept = out.stdout.split()
+    return applied == "True", int(mapped), int(kept)
+
+
+def test_large_blocks_stay_on_the_heap_after_free():
+    applied, mapped, kept = _probe()
+    assert applied
+    assert mapped == 0  # no mmap of its own for the 64 MiB block ...
+    assert kept >= 64 << 20  # ... and the heap keeps it after free, for the next step
+
+
+def test_without_it_glibc_maps_and_unmaps_large_blocks():
+    """The control: what every step paid before (and what the probe above would see if the setting broke)."""
+    _, mapped, kept = _probe(apply=False)
+    assert mapped >= 64 << 20 and kept < 64 << 20
+
+
+def test_a_users_own_malloc_settings_win():
+    applied, mapped, _ = _probe(MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+    assert not applied and mapped >= 64 << 20
