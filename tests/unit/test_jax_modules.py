@@ -48,7 +48,8 @@ def test_clip_text_encoder_matches_transformers(model, request):
 
 
 @pytest.mark.parametrize("model", ["sd1_model", "sd2_model"])
-@pytest.mark.parametrize("latent_size", [(16, 16), (12, 10)])  # the second: upsampling back to odd skip sizes
+# (12, 10): upsampling back to odd skip sizes; (32, 32): SD 1's self-attention (8 heads) runs in query blocks
+@pytest.mark.parametrize("latent_size", [(16, 16), (12, 10), (32, 32)])
 def test_unet_matches_diffusers(model, latent_size, request):
     from diffusers import UNet2DConditionModel
 
@@ -183,3 +184,44 @@ def test_xla_conv_gradients_are_autodiffs(size, kernel, stride):
     for got, expected in zip(ours, autodiff, strict=True):
         assert got.shape == expected.shape and float(jnp.abs(expected).max()) > 0
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("queries, keys, block", [(100, 100, 32), (64, 77, 64), (40, 120, 16)])
+def test_blockwise_attention_is_attention_forward_and_backward(queries, keys, block):
+    """Query blocks and the recomputed backward (flash-attention style) give softmax attention and its exact
+    gradients for q, k and v, also when the block does not divide the queries."""
+    from textinv.backends.jax.attention import blockwise_attention
+
+    g = np.random.default_rng(0)
+    q = jnp.asarray(g.standard_normal((2, 3, queries, 8)), jnp.float32)
+    k, v = (jnp.asarray(g.standard_normal((2, 3, keys, 8)), jnp.float32) for _ in range(2))
+    probe = jnp.asarray(g.standard_normal((2, 3, queries, 8)), jnp.float32)
+
+    def whole(q, k, v):  # jax's own, in its [B, T, H, D] layout
+        t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+        return t(jax.nn.dot_product_attention(t(q), t(k), t(v)))
+
+    def value_and_grads(fn):
+        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * probe), argnums=(0, 1, 2)))(q, k, v)
+
+    (ours, ours_grads), (theirs, their_grads) = (
+        value_and_grads(lambda q, k, v: blockwise_attention(q, k, v, block)),
+        value_and_grads(whole),
+    )
+    np.testing.assert_allclose(np.asarray(blockwise_attention(q, k, v, block)), np.asarray(whole(q, k, v)), atol=1e-5)
+    assert abs(float(ours) - float(theirs)) < 1e-3
+    for got, expected in zip(ours_grads, their_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_large_self_attention_runs_in_query_blocks_on_a_cpu():
+    from textinv.backends.jax import attention
+    from textinv.backends.jax.layers import multi_head_attention
+
+    assert attention.blockwise_wins(8, 32 * 32, 32 * 32, "cpu")  # SD's 32x32 level at 256 px
+    assert not attention.blockwise_wins(8, 16 * 16, 16 * 16, "cpu") and not attention.blockwise_wins(8, 4096, 77, "cpu")
+    assert not attention.blockwise_wins(8, 4096, 4096, "gpu")
+    x = jnp.zeros((1, 1024, 64))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8))(x))
+    small = jnp.zeros((1, 256, 64))
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8))(small))

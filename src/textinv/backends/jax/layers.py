@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from textinv.backends.jax import attention
+
 
 def linear(din: int, dout: int, rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=bias, rngs=rngs)
@@ -149,6 +151,11 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, c
     """Scaled dot-product attention over [B, T, heads * dim] inputs; softmax in fp32 (diffusers' upcast)."""
     b, t, inner = q.shape
     split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, inner // heads)  # noqa: E731
+    if not causal and attention.blockwise_wins(heads, t, k.shape[1], jax.default_backend()):
+        head_major = lambda x: split(x).transpose(0, 2, 1, 3)  # noqa: E731
+        block = attention.query_block(heads, k.shape[1])
+        out = attention.blockwise_attention(head_major(q), head_major(k), head_major(v), block)
+        return out.transpose(0, 2, 1, 3).reshape(b, t, inner)
     out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=causal)
     return out.reshape(b, t, inner)
 

@@ -1,0 +1,82 @@
+"""Attention over blocks of queries, for the UNet's large self-attention maps on a CPU.
+
+XLA's attention materialises the whole [heads, queries, keys] score matrix, and on a CPU its softmax passes and
+their gradients run at memory speed: at SD's 32x32 latent level (1,024 tokens, 8 heads) that is 32 MB written and
+read several times a layer, forward and backward. Here the queries go in blocks whose scores fit in cache, and the
+backward recomputes each block's probabilities from the saved log-sum-exp (as flash attention does) instead of
+keeping them: SD-1.5's 1,024-token layer, forward + gradient, 120 -> 89 ms on 2 cores (bench/RESULTS.md, issue 21),
+and at 512 px (4,096 tokens) no 512 MB score matrix per layer is kept for the backward.
+
+Scores, softmax and accumulation are fp32 whatever the inputs' precision (diffusers' upcast). Exact softmax, not an
+approximation: within float rounding of the unblocked attention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+SCORE_BLOCK_ELEMENTS = 2 << 20  # 8 MB of fp32 scores per block of queries
+LARGE_SCORES = 4 << 20  # blocks pay off from 16 MB of scores (SD's 32x32 level at 256 px); smaller maps run whole
+
+
+def blockwise_wins(heads: int, queries: int, keys: int, platform: str) -> bool:
+    """Whether attention over these sizes runs in query blocks: on a CPU, when the scores would not fit in cache."""
+    return platform == "cpu" and heads * queries * keys >= LARGE_SCORES
+
+
+def query_block(heads: int, keys: int) -> int:
+    return max(16, SCORE_BLOCK_ELEMENTS // (heads * keys))
+
+
+def _blocks(length: int, block: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block, length)) for start in range(0, length, block)]
+
+
+def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
+    return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> jax.Array:
+    """softmax(q kᵀ / √d) v for q [B, H, Tq, D], k and v [B, H, Tk, D], `block` queries at a time."""
+    return _forward(q, k, v, block)[0]
+
+
+def _forward(q, k, v, block):
+    outputs, log_sum_exps = [], []
+    for start, end in _blocks(q.shape[2], block):
+        scores = _scores(q[:, :, start:end], k)
+        peak = jnp.max(scores, axis=-1, keepdims=True)
+        weights = jnp.exp(scores - peak)
+        total = jnp.sum(weights, axis=-1, keepdims=True)
+        probs = (weights / total).astype(v.dtype)
+        outputs.append(jnp.einsum("bhqk,bhkd->bhqd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype))
+        log_sum_exps.append(peak + jnp.log(total))
+    out = jnp.concatenate(outputs, axis=2)
+    return out, (q, k, v, out, jnp.concatenate(log_sum_exps, axis=2))
+
+
+def _backward(block, residuals, grad_out):
+    q, k, v, out, log_sum_exp = residuals
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # Σ_k p·dp for each query: the softmax gradient's subtracted term, from the output instead of the probabilities.
+    delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    grad_k, grad_v = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+    grad_q = []
+    for start, end in _blocks(q.shape[2], block):
+        q_block, grad_block = q[:, :, start:end], grad_out[:, :, start:end]
+        probs = jnp.exp(_scores(q_block, k) - log_sum_exp[:, :, start:end])
+        grad_v += jnp.einsum("bhqk,bhqd->bhkd", probs.astype(v.dtype), grad_block, preferred_element_type=jnp.float32)
+        grad_probs = jnp.einsum("bhqd,bhkd->bhqk", grad_block, v, preferred_element_type=jnp.float32)
+        grad_scores = (probs * (grad_probs - delta[:, :, start:end]) * scale).astype(q.dtype)
+        grad_q.append(jnp.einsum("bhqk,bhkd->bhqd", grad_scores, k, preferred_element_type=jnp.float32))
+        grad_k += jnp.einsum("bhqk,bhqd->bhkd", grad_scores, q_block, preferred_element_type=jnp.float32)
+    grad_q = jnp.concatenate(grad_q, axis=2)
+    return grad_q.astype(q.dtype), grad_k.astype(k.dtype), grad_v.astype(v.dtype)
+
+
+blockwise_attention.defvjp(_forward, _backward)
