@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import torch
 
-from textinv import cpu_kernels, heap
+from textinv import cpu_kernels
 from textinv.backends.jax.backend import (
     JaxBackend,
     enable_compilation_cache,
@@ -26,6 +26,7 @@ from textinv.backends.jax.batch import step_batch
 from textinv.data import LatentPosteriors, SampleDraws
 from textinv.errors import TextinvError
 from textinv.families.base import FamilyAdapter
+from textinv.speed import keep_freed_memory
 
 
 def data_parallel_size() -> int:
@@ -47,7 +48,7 @@ class JaxTrainBackend:
         self.cfg, self.family, self.noise_scheduler = cfg, family, noise_scheduler
         enable_compilation_cache()
         set_matmul_precision(cfg.allow_tf32)
-        heap.keep_freed_memory()  # XLA allocates each step's temporaries afresh: reuse them, do not fault them in
+        keep_freed_memory()  # XLA allocates each step's temporaries afresh: reuse them, do not fault them in
         text_encoder, unet = load_models(
             model_dir, pipe, cfg.mixed_precision, cfg.variant, gradient_checkpointing=cfg.gradient_checkpointing
         )

@@ -1,4 +1,4 @@
-"""`heap.keep_freed_memory`: glibc keeps large freed blocks for reuse instead of unmapping them (process-wide, so
+"""`speed.keep_freed_memory`: glibc keeps large freed blocks for reuse instead of unmapping them (process-wide, so
 each case runs in a fresh interpreter)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 PROBE = """
 import ctypes, sys
-from textinv import heap
+from textinv import speed
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -21,7 +21,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
-applied = heap.keep_freed_memory() if sys.argv[1] == "apply" else False
+applied = speed.keep_freed_memory() if sys.argv[1] == "apply" else False
 before = libc.mallinfo2()
 block = libc.malloc(64 << 20)
 during = libc.mallinfo2()
