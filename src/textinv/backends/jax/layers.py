@@ -49,8 +49,11 @@ class Conv(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         out_h, out_w = self._output_size(x)
         kernel_area = self.kernel_size[0] * self.kernel_size[1]
-        if patches_product_wins(x.shape[0] * out_h * out_w, x.shape[-1], kernel_area, jax.default_backend()):
+        platform = jax.default_backend()
+        if patches_product_wins(x.shape[0] * out_h * out_w, x.shape[-1], kernel_area, platform):
             return self.patches_product(x)
+        if platform != "cpu":
+            return super().__call__(x)
         out = xla_conv(x, self.kernel[...], _pair(self.strides), tuple(self.padding))
         return out if self.bias is None else out + self.bias[...]
 
@@ -80,7 +83,7 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple) -> jax.Array:
-    """XLA's convolution, with its input gradient written out as a plain forward convolution.
+    """XLA's convolution, with its input gradient written out as a plain forward convolution (CPU).
 
     Autodiff's input gradient convolves with the flipped kernel read in/out-swapped; inside a loop (gradient
     accumulation's scan) XLA's CPU compiler leaves that one on a kernel about 3x slower than the forward's.
