@@ -34,8 +34,7 @@ def unet_convolutions(size: str, resolution: int, batch: int) -> Counter:
     from textinv.backends.jax.unet import UNet, UNetConfig
 
     configs = ts.sd15_configs(size)
-    unet_cfg = dict(configs["unet"], cross_attention_dim=configs["unet"]["cross_attention_dim"])
-    cfg = UNetConfig.from_dict(unet_cfg)
+    cfg = UNetConfig.from_dict(configs["unet"])
     unet = nnx.eval_shape(lambda: UNet(cfg, nnx.Rngs(0)))
     seen: Counter = Counter()
     original = layers.Conv.__call__
@@ -62,8 +61,9 @@ def unet_convolutions(size: str, resolution: int, batch: int) -> Counter:
     return seen
 
 
-def time_both(shape: Shape, repeats: int) -> tuple[float, float]:
-    """Seconds (best of `repeats`) of forward + input gradient: XLA's convolution, then the patches product."""
+def time_both(shape: Shape, repeats: int) -> tuple[float, float, bool]:
+    """Seconds (best of `repeats`) of forward + input gradient: XLA's convolution, then the patches product; and
+    whether the backend's rule takes the patches product for this shape."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -88,7 +88,7 @@ def time_both(shape: Shape, repeats: int) -> tuple[float, float]:
             jax.block_until_ready(step(x))
             best = min(best, time.perf_counter() - start)
         times.append(best)
-    return times[0], times[1]
+    return times[0], times[1], layer.takes_patches_product(x)
 
 
 def format_table(rows: list[tuple[Shape, int, float, float, bool]]) -> str:
@@ -126,15 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from textinv.backends.jax.backend import set_matmul_precision
-    from textinv.backends.jax.layers import patches_product_wins
 
     set_matmul_precision(False)
     rows = []
     for shape, count in sorted(unet_convolutions(args.size, resolution, args.batch).items(), key=lambda i: -i[0][1]):
-        b, h, w, din, _, k, s = shape
-        out_pixels = b * ((h + 2 * (k // 2) - k) // s + 1) * ((w + 2 * (k // 2) - k) // s + 1)
-        xla, patches = time_both(shape, args.repeats)
-        rows.append((shape, count, xla, patches, patches_product_wins(out_pixels, din, k * k, jax.default_backend())))
+        xla, patches, rule = time_both(shape, args.repeats)
+        rows.append((shape, count, xla, patches, rule))
         print(f"{shape}: xla {xla * 1e3:.1f} ms, patches {patches * 1e3:.1f} ms", file=sys.stderr, flush=True)
     table = format_table(rows)
     print(table)

@@ -96,13 +96,20 @@ def limit_heap_fragmentation() -> bool:
     Lowers the peak resident memory of CPU training (see above) without changing any number. Skipped
     off glibc and when the user set MALLOC_MMAP_THRESHOLD_ themselves. Returns whether it was applied.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
+    mallopt = _glibc_mallopt()
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
+
+
+def _glibc_mallopt():
+    """glibc's `mallopt`, or None off Linux and under musl and other C libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and other C libraries
-        return False
-    return mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def keep_freed_memory() -> bool:
@@ -115,11 +122,8 @@ def keep_freed_memory() -> bool:
     which a run reaches at its first step anyway. No number changes. A user's own `MALLOC_*` settings win.
     Returns whether it was applied.
     """
-    if not sys.platform.startswith("linux") or any(name in os.environ for name in _USERS_MALLOC_SETTINGS):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and other C libraries
+    mallopt = _glibc_mallopt()
+    if mallopt is None or any(name in os.environ for name in _USERS_MALLOC_SETTINGS):
         return False
     # -1 as the trim threshold is SIZE_MAX to glibc: the heap top is never given back.
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1

@@ -46,13 +46,16 @@ class Conv(nnx.Conv):
         (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = self.kernel_size, _pair(self.strides), self.padding
         return (x.shape[1] + pt + pb - kh) // sh + 1, (x.shape[2] + pl + pr - kw) // sw + 1
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def takes_patches_product(self, x: jax.Array) -> bool:
+        """Whether this input's convolution runs as the patches product on this platform (`patches_product_wins`)."""
         out_h, out_w = self._output_size(x)
         kernel_area = self.kernel_size[0] * self.kernel_size[1]
-        platform = jax.default_backend()
-        if patches_product_wins(x.shape[0] * out_h * out_w, x.shape[-1], kernel_area, platform):
+        return patches_product_wins(x.shape[0] * out_h * out_w, x.shape[-1], kernel_area, jax.default_backend())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.takes_patches_product(x):
             return self.patches_product(x)
-        if platform != "cpu":
+        if jax.default_backend() != "cpu":
             return super().__call__(x)
         out = xla_conv(x, self.kernel[...], _pair(self.strides), tuple(self.padding))
         return out if self.bias is None else out + self.bias[...]
