@@ -8,6 +8,10 @@ included), and appends one line per step to the file named by `$TEXTINV_BENCH_ST
 
 Usage: python steptimer.py [--torchvision-shim DIR] SCRIPT.py ARGS...   or   python steptimer.py -m MODULE ARGS...
 
+With `$TEXTINV_BENCH_TURNS` ("GO_FD,DONE_FD", set by `train_speed.py --lockstep`) the trainer takes turns with
+the others: after each step it writes a byte to DONE_FD and waits for one on GO_FD, and the time stamps leave the
+waiting out, so they read as if the trainer had run alone.
+
 `--torchvision-shim DIR` serves the `torchvision` package in DIR to imports made by SCRIPT's own code
 only. Putting DIR on PYTHONPATH instead would make transformers believe torchvision is installed and
 import parts of it the shim does not have.
@@ -30,6 +34,32 @@ def _current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class Turns:
+    """The lockstep protocol's child side; a no-op without `$TEXTINV_BENCH_TURNS`."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.fds = tuple(int(fd) for fd in spec.split(",")) if spec else None
+        self.waited = 0.0
+
+    def clock(self) -> float:
+        """perf_counter less the time spent waiting for turns."""
+        return time.perf_counter() - self.waited
+
+    def step_done(self) -> None:
+        """Hand the CPU back to the bench and sleep until it is this trainer's turn again."""
+        if self.fds is None:
+            return
+        go, done = self.fds
+        os.write(done, b".")
+        start = time.perf_counter()
+        if not os.read(go, 1):
+            os._exit(0)  # the bench is gone: nothing is waiting for this run any more
+        self.waited += time.perf_counter() - start
+
+
+TURNS = Turns(os.environ.get("TEXTINV_BENCH_TURNS"))
+
+
 def install_step_hook(log_path: str) -> None:
     """Append `time rss cuda_peak` to `log_path` after every optimizer step of this process."""
     import torch
@@ -39,7 +69,8 @@ def install_step_hook(log_path: str) -> None:
 
     def after_step(optimizer, args, kwargs) -> None:
         cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        log.write(f"{time.perf_counter():.6f} {_current_rss_bytes()} {cuda_peak}\n")
+        log.write(f"{TURNS.clock():.6f} {_current_rss_bytes()} {cuda_peak}\n")
+        TURNS.step_done()
 
     register_optimizer_step_post_hook(after_step)
 
@@ -57,7 +88,8 @@ def install_jax_step_hook(log_path: str) -> None:
 
     def update_and_log(self) -> None:
         update(self)
-        log.write(f"{time.perf_counter():.6f} {_current_rss_bytes()} 0\n")
+        log.write(f"{TURNS.clock():.6f} {_current_rss_bytes()} 0\n")
+        TURNS.step_done()
 
     JaxTrainBackend.update = update_and_log
 

@@ -317,6 +317,120 @@ def run_trainer(
     )
 
 
+@dataclass
+class TrainerJob:
+    """One trainer run of a round: what `run_trainer` takes, for the lockstep runner."""
+
+    trainer: str
+    command_tail: list[str]
+    flags: list[str]
+    precision: str
+    env_extra: dict[str, str]
+
+
+@dataclass
+class _Turn:
+    job: TrainerJob
+    proc: subprocess.Popen
+    go: int  # write end: one byte lets the trainer run its next step
+    done: int  # read end: one byte per finished step, EOF when the trainer exits
+    step_log: Path
+    run_log: Path
+    steps: int = 0
+    exited: bool = False
+
+
+def run_lockstep(jobs: list[TrainerJob], work: Path, timeout: float, steps: int) -> list[RunResult]:
+    """Run the trainers side by side, one step at a time each, in turn, so that a VM's drift hits all alike.
+
+    Each trainer is started once the one before it has finished its first step (model loading, the posterior
+    cache and textinv's kernel timing run alone), and after every step it waits (asleep, `steptimer.Turns`)
+    until the bench gives it the next turn; the order of turns reverses every round. Steps are timed by the
+    trainer's own clock less its waiting, so each sees the machine only while it alone runs. After `steps`
+    steps each trainer finishes its run alone (final files written) and its peak RSS comes from wait4.
+    """
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    work.mkdir(parents=True, exist_ok=True)
+    turns: list[_Turn] = []
+
+    def wait_for_step(turn: _Turn) -> None:
+        while not select.select([turn.done], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{turn.job.trainer} took longer than {timeout:.0f} s")
+        if os.read(turn.done, 1):
+            turn.steps += 1
+        else:
+            turn.exited = True
+
+    def take_turn(turn: _Turn) -> None:
+        try:
+            os.write(turn.go, b".")
+        except BrokenPipeError:  # it has exited; wait_for_step reads the end of its pipe
+            pass
+        wait_for_step(turn)
+
+    try:
+        for job in jobs:
+            name = f"{job.trainer}-{job.precision}"
+            step_log, run_log = work / f"{name}.steps", work / f"{name}.log"
+            step_log.unlink(missing_ok=True)
+            go_read, go_write = os.pipe()
+            done_read, done_write = os.pipe()
+            env = {
+                **os.environ,
+                **job.env_extra,
+                "TEXTINV_BENCH_STEP_LOG": str(step_log),
+                "TEXTINV_BENCH_TURNS": f"{go_read},{done_write}",
+            }
+            cmd = [sys.executable, str(STEPTIMER), *job.command_tail, *job.flags]
+            with open(run_log, "w", encoding="utf-8") as log:
+                log.write(" ".join(cmd) + "\n\n")
+                log.flush()
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, pass_fds=(go_read, done_write)
+                )
+            os.close(go_read)
+            os.close(done_write)
+            turn = _Turn(job, proc, go_write, done_read, step_log, run_log)
+            turns.append(turn)
+            print(f"train_speed: running {job.trainer} ({job.precision}) in lockstep ...", file=sys.stderr)
+            wait_for_step(turn)
+        for index in range(steps):
+            for turn in turns if index % 2 else turns[::-1]:
+                if not turn.exited and turn.steps < steps:
+                    take_turn(turn)
+        for turn in turns:  # one at a time: the rest of the run (saving) alone
+            while not turn.exited:
+                take_turn(turn)
+    except TimeoutError as error:
+        print(f"train_speed: {error}; stopping every trainer", file=sys.stderr)
+    results = []
+    for turn in turns:
+        if not turn.exited:
+            turn.proc.kill()  # timed out: a zombie's exit status and usage stay readable either way
+        _, status, usage = os.wait4(turn.proc.pid, 0)  # not Popen.wait: wait4 also gives the peak RSS
+        turn.proc.returncode = os.waitstatus_to_exitcode(status)
+        for fd in (turn.go, turn.done):
+            os.close(fd)
+        times, rss, cuda = parse_step_log(turn.step_log.read_text() if turn.step_log.exists() else "")
+        results.append(
+            RunResult(
+                trainer=turn.job.trainer,
+                precision=turn.job.precision,
+                step_times=times,
+                step_rss=rss,
+                cuda_peak=cuda,
+                maxrss=usage.ru_maxrss * 1024,
+                returncode=turn.proc.returncode if turn.exited else 124,
+                log_path=turn.run_log,
+            )
+        )
+    return results
+
+
 class _Enough(Exception):
     """The trainer has logged every step the bench needs."""
 
@@ -557,6 +671,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="run every trainer this many times, the order reversed every other round; report medians",
     )
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="run the trainers side by side, taking turns step by step, so that the machine's drift hits all alike "
+        "(see run_lockstep); they must fit in memory together",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds per trainer run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -647,9 +767,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_round(args, trainers, model, data, env_extra, shim, variants, flag_variants) -> list[RunResult]:
-    """Every trainer once, in the given order, for every precision."""
+    """Every trainer once, in the given order (side by side in turns with `--lockstep`), for every precision."""
     results = []
     for precision in args.precision:
+        jobs = []
         for trainer in trainers:
             out = args.cache / "runs" / f"{trainer}-{precision}"
             shutil.rmtree(out, ignore_errors=True)
@@ -670,14 +791,29 @@ def _run_round(args, trainers, model, data, env_extra, shim, variants, flag_vari
                 tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": path}
             else:
                 tail, extra = [*shim, str(args.reference)], {}
-            print(f"train_speed: running {trainer} ({precision}) ...", file=sys.stderr)
-            result = run_trainer(
-                trainer, tail, flags, args.cache / "runs", precision, {**env_extra, **extra}, args.timeout
-            )
+            jobs.append(TrainerJob(trainer, tail, flags, precision, {**env_extra, **extra}))
+        if args.lockstep:
+            runs = run_lockstep(jobs, args.cache / "runs", args.timeout * len(jobs), args.warmup + args.steps)
+        else:
+            runs = []
+            for job in jobs:
+                print(f"train_speed: running {job.trainer} ({precision}) ...", file=sys.stderr)
+                runs.append(
+                    run_trainer(
+                        job.trainer,
+                        job.command_tail,
+                        job.flags,
+                        args.cache / "runs",
+                        precision,
+                        job.env_extra,
+                        args.timeout,
+                    )  # fmt: skip
+                )
+        for result in runs:
             if not result.ok:
                 tail_text = result.log_path.read_text(errors="replace")[-3000:] if result.log_path else ""
-                print(f"train_speed: {trainer} failed (exit {result.returncode}):\n{tail_text}", file=sys.stderr)
-            results.append(result)
+                print(f"train_speed: {result.trainer} failed (exit {result.returncode}):\n{tail_text}", file=sys.stderr)
+        results += runs
     return results
 
 

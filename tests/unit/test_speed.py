@@ -158,6 +158,38 @@ def test_run_trainer_reports_a_timeout_as_a_failure(train_speed, tmp_path, monke
     assert not result.ok and result.returncode == 124
 
 
+def test_lockstep_runs_one_trainer_at_a_time_and_times_only_its_own_turns(train_speed, tmp_path):
+    # A "trainer" whose every step works 0.1 s (logging its wall-clock interval), then steps a torch optimizer,
+    # where steptimer's hook logs the step and waits for the bench's next turn.
+    trainer = tmp_path / "worker.py"
+    trainer.write_text(
+        "import sys, time, torch\n"
+        "opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)\n"
+        "with open(sys.argv[1], 'a', buffering=1) as spans:\n"
+        "    for _ in range(6):\n"
+        "        start = time.time(); time.sleep(0.1); spans.write(f'{start} {time.time()}\\n')\n"
+        "        opt.step()\n"
+    )
+    jobs = [
+        train_speed.TrainerJob(name, [str(trainer), str(tmp_path / f"{name}.spans")], [], "fp32", {}) for name in "ab"
+    ]
+    results = train_speed.run_lockstep(jobs, tmp_path / "runs", timeout=120, steps=4)
+    assert [r.returncode for r in results] == [0, 0] and all(r.maxrss > 0 for r in results)
+    assert [len(r.step_times) for r in results] == [6, 6]  # each ran to its end, the last steps alone
+    spans = sorted(
+        (float(start), float(end), name)
+        for name in "ab"
+        for start, end in (line.split() for line in (tmp_path / f"{name}.spans").read_text().splitlines())
+    )
+    assert all(
+        end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:], strict=False)
+    )  # never side by side
+    assert spans[0][2] == "a"  # b started only after a's first step
+    for result in results:  # the other trainer's turns are not in a trainer's step times
+        steps = [b - a for a, b in zip(result.step_times, result.step_times[1:], strict=False)]
+        assert all(0.09 < step < 0.18 for step in steps), steps
+
+
 def test_rounds_must_be_positive(train_speed, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_speed.parse_args(["--rounds", "0"])

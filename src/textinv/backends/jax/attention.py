@@ -5,7 +5,9 @@ their gradients run at memory speed: at SD's 32x32 latent level (1,024 tokens, 8
 read several times a layer, forward and backward. Here the queries go in blocks whose scores fit in cache, and the
 backward recomputes each block's probabilities from the saved log-sum-exp (as flash attention does) instead of
 keeping them: SD-1.5's 1,024-token layer, forward + gradient, 120 -> 89 ms on 2 cores (bench/RESULTS.md, issue 21),
-and at 512 px (4,096 tokens) no 512 MB score matrix per layer is kept for the backward.
+and at 512 px (4,096 tokens) no 512 MB score matrix per layer is kept for the backward. Each elementwise pass over
+a block of scores costs about what its matrix products do, so there are as few as the maths allows: the queries are
+scaled instead of the scores, and the softmax is normalised after the product with v.
 
 Scores, softmax and accumulation are fp32 whatever the inputs' precision (diffusers' upcast). Exact softmax, not an
 approximation: within float rounding of the unblocked attention.
@@ -36,8 +38,13 @@ def _blocks(length: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, length)) for start in range(0, length, block)]
 
 
-def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
-    return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+def _scaled(q: jax.Array) -> jax.Array:
+    """q / √d: scaling the queries, not the scores, spares a pass over every block of scores."""
+    return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+
+
+def _scores(scaled_q: jax.Array, k: jax.Array) -> jax.Array:
+    return jnp.einsum("bhqd,bhkd->bhqk", scaled_q, k, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -47,36 +54,37 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) ->
 
 
 def _forward(q, k, v, block):
+    scaled_q = _scaled(q)
     outputs, log_sum_exps = [], []
     for start, end in _blocks(q.shape[2], block):
-        scores = _scores(q[:, :, start:end], k)
+        scores = _scores(scaled_q[:, :, start:end], k)
         peak = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - peak)
         total = jnp.sum(weights, axis=-1, keepdims=True)
-        probs = (weights / total).astype(v.dtype)
-        outputs.append(jnp.einsum("bhqk,bhkd->bhqd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype))
+        # Normalised after the product: one division per output value, not per score (a pass less over the block).
+        unnormalised = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        outputs.append((unnormalised / total).astype(q.dtype))
         log_sum_exps.append(peak + jnp.log(total))
     out = jnp.concatenate(outputs, axis=2)
-    return out, (q, k, v, out, jnp.concatenate(log_sum_exps, axis=2))
+    return out, (scaled_q, k, v, out, jnp.concatenate(log_sum_exps, axis=2))
 
 
 def _backward(block, residuals, grad_out):
-    q, k, v, out, log_sum_exp = residuals
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scaled_q, k, v, out, log_sum_exp = residuals
     # Σ_k p·dp for each query: the softmax gradient's subtracted term, from the output instead of the probabilities.
     delta = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     grad_k, grad_v = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
     grad_q = []
-    for start, end in _blocks(q.shape[2], block):
-        q_block, grad_block = q[:, :, start:end], grad_out[:, :, start:end]
+    for start, end in _blocks(scaled_q.shape[2], block):
+        q_block, grad_block = scaled_q[:, :, start:end], grad_out[:, :, start:end]
         probs = jnp.exp(_scores(q_block, k) - log_sum_exp[:, :, start:end])
         grad_v += jnp.einsum("bhqk,bhqd->bhkd", probs.astype(v.dtype), grad_block, preferred_element_type=jnp.float32)
         grad_probs = jnp.einsum("bhqd,bhkd->bhqk", grad_block, v, preferred_element_type=jnp.float32)
-        grad_scores = (probs * (grad_probs - delta[:, :, start:end]) * scale).astype(q.dtype)
+        grad_scores = (probs * (grad_probs - delta[:, :, start:end])).astype(k.dtype)  # d loss / d (scaled q · k)
         grad_q.append(jnp.einsum("bhqk,bhkd->bhqd", grad_scores, k, preferred_element_type=jnp.float32))
         grad_k += jnp.einsum("bhqk,bhqd->bhkd", grad_scores, q_block, preferred_element_type=jnp.float32)
-    grad_q = jnp.concatenate(grad_q, axis=2)
-    return grad_q.astype(q.dtype), grad_k.astype(k.dtype), grad_v.astype(v.dtype)
+    grad_q = _scaled(jnp.concatenate(grad_q, axis=2))  # through q / √d
+    return grad_q.astype(scaled_q.dtype), grad_k.astype(k.dtype), grad_v.astype(v.dtype)
 
 
 blockwise_attention.defvjp(_forward, _backward)
