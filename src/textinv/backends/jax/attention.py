@@ -39,8 +39,11 @@ def _blocks(length: int, block: int) -> list[tuple[int, int]]:
 
 
 def _scaled(q: jax.Array) -> jax.Array:
-    """q / √d: scaling the queries, not the scores, spares a pass over every block of scores."""
-    return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    """q / √d: scaling the queries, not the scores, spares a pass over every block of scores.
+
+    In fp32, not q's dtype: 1/√d in bf16 would be off by up to 0.4 %, the same way for every score.
+    """
+    return (q.astype(jnp.float32) / math.sqrt(q.shape[-1])).astype(q.dtype)
 
 
 def _scores(scaled_q: jax.Array, k: jax.Array) -> jax.Array:
