@@ -283,6 +283,26 @@ def run_trainer(
     complete: benches start a long run (textinv plans its CPU kernels only for runs of 20 steps or more, as a
     user's run would be) and measure its first steps.
     """
+    proc, step_log, run_log = _launch(trainer, command_tail, flags, work, precision, env_extra)
+    enough = (lambda: _logged_steps(step_log) >= stop_after) if stop_after else (lambda: False)
+    try:
+        _, status, usage = _wait4_with_timeout(proc, timeout, enough)
+    except TimeoutError:
+        proc.kill()
+        _, status, usage = os.wait4(proc.pid, 0)
+        status = 124 << 8
+    except _Enough:
+        proc.kill()
+        _, _, usage = os.wait4(proc.pid, 0)
+        proc.returncode, status = 0, 0  # stopped on purpose, with every step it was asked for
+    return _result(trainer, precision, step_log, run_log, usage, os.waitstatus_to_exitcode(status))
+
+
+def _launch(
+    trainer: str, command_tail: list[str], flags: list[str], work: Path, precision: str, env_extra: dict[str, str],
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[subprocess.Popen, Path, Path]:  # fmt: skip
+    """Start one trainer under steptimer (its command line heading its log); the process and its two logs."""
     work.mkdir(parents=True, exist_ok=True)
     step_log = work / f"{trainer}-{precision}.steps"
     run_log = work / f"{trainer}-{precision}.log"
@@ -292,18 +312,12 @@ def run_trainer(
     with open(run_log, "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
-        enough = (lambda: _logged_steps(step_log) >= stop_after) if stop_after else (lambda: False)
-        try:
-            _, status, usage = _wait4_with_timeout(proc, timeout, enough)
-        except TimeoutError:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            status = 124 << 8
-        except _Enough:
-            proc.kill()
-            _, _, usage = os.wait4(proc.pid, 0)
-            proc.returncode, status = 0, 0  # stopped on purpose, with every step it was asked for
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, pass_fds=pass_fds)
+    return proc, step_log, run_log
+
+
+def _result(trainer: str, precision: str, step_log: Path, run_log: Path, usage, returncode: int) -> RunResult:
+    """A finished run's `RunResult`: its step log, wait4's peak RSS and its exit code."""
     times, rss, cuda = parse_step_log(step_log.read_text() if step_log.exists() else "")
     return RunResult(
         trainer=trainer,
@@ -312,7 +326,7 @@ def run_trainer(
         step_rss=rss,
         cuda_peak=cuda,
         maxrss=usage.ru_maxrss * 1024,
-        returncode=os.waitstatus_to_exitcode(status),
+        returncode=returncode,
         log_path=run_log,
     )
 
@@ -353,7 +367,6 @@ def run_lockstep(jobs: list[TrainerJob], work: Path, timeout: float, steps: int)
     import time
 
     deadline = time.monotonic() + timeout
-    work.mkdir(parents=True, exist_ok=True)
     turns: list[_Turn] = []
 
     def wait_for_step(turn: _Turn) -> None:
@@ -374,24 +387,12 @@ def run_lockstep(jobs: list[TrainerJob], work: Path, timeout: float, steps: int)
 
     try:
         for job in jobs:
-            name = f"{job.trainer}-{job.precision}"
-            step_log, run_log = work / f"{name}.steps", work / f"{name}.log"
-            step_log.unlink(missing_ok=True)
             go_read, go_write = os.pipe()
             done_read, done_write = os.pipe()
-            env = {
-                **os.environ,
-                **job.env_extra,
-                "TEXTINV_BENCH_STEP_LOG": str(step_log),
-                "TEXTINV_BENCH_TURNS": f"{go_read},{done_write}",
-            }
-            cmd = [sys.executable, str(STEPTIMER), *job.command_tail, *job.flags]
-            with open(run_log, "w", encoding="utf-8") as log:
-                log.write(" ".join(cmd) + "\n\n")
-                log.flush()
-                proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, pass_fds=(go_read, done_write)
-                )
+            env_extra = {**job.env_extra, "TEXTINV_BENCH_TURNS": f"{go_read},{done_write}"}
+            proc, step_log, run_log = _launch(
+                job.trainer, job.command_tail, job.flags, work, job.precision, env_extra, (go_read, done_write)
+            )
             os.close(go_read)
             os.close(done_write)
             turn = _Turn(job, proc, go_write, done_read, step_log, run_log)
@@ -415,19 +416,8 @@ def run_lockstep(jobs: list[TrainerJob], work: Path, timeout: float, steps: int)
         turn.proc.returncode = os.waitstatus_to_exitcode(status)
         for fd in (turn.go, turn.done):
             os.close(fd)
-        times, rss, cuda = parse_step_log(turn.step_log.read_text() if turn.step_log.exists() else "")
-        results.append(
-            RunResult(
-                trainer=turn.job.trainer,
-                precision=turn.job.precision,
-                step_times=times,
-                step_rss=rss,
-                cuda_peak=cuda,
-                maxrss=usage.ru_maxrss * 1024,
-                returncode=turn.proc.returncode if turn.exited else 124,
-                log_path=turn.run_log,
-            )
-        )
+        returncode = turn.proc.returncode if turn.exited else 124
+        results.append(_result(turn.job.trainer, turn.job.precision, turn.step_log, turn.run_log, usage, returncode))
     return results
 
 

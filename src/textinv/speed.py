@@ -119,11 +119,13 @@ def keep_freed_memory() -> bool:
     allocates a step's temporaries at every call and frees them when it returns; mapped and unmapped each time,
     their gigabytes were faulted in again as fresh zeroed pages every step: 1.5 s of kernel time per SD-1.5 step
     on 2 cores, and a step 4.3 -> 3.2 s without it (bench/RESULTS.md, issue 21). The process keeps its peak,
-    which a run reaches at its first step anyway. No number changes. A user's own `MALLOC_*` settings win.
+    which a run reaches at its first step anyway. No number changes. A user's own `MALLOC_*` settings and
+    `GLIBC_TUNABLES` malloc tunables win.
     Returns whether it was applied.
     """
     mallopt = _glibc_mallopt()
-    if mallopt is None or any(name in os.environ for name in _USERS_MALLOC_SETTINGS):
+    users_own = any(name in os.environ for name in _USERS_MALLOC_SETTINGS)
+    if mallopt is None or users_own or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     # -1 as the trim threshold is SIZE_MAX to glibc: the heap top is never given back.
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1

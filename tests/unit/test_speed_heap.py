@@ -60,3 +60,8 @@ def test_without_it_glibc_maps_and_unmaps_large_blocks():
 def test_a_users_own_malloc_settings_win():
     applied, mapped, _ = _probe(MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     assert not applied and mapped >= 64 << 20
+
+
+def test_a_users_own_glibc_malloc_tunables_win():
+    applied, mapped, _ = _probe(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576")
+    assert not applied and mapped >= 64 << 20
