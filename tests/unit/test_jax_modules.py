@@ -162,6 +162,46 @@ def test_large_maps_and_accelerators_keep_xla_convolutions():
     assert not any(patches_product_wins(8 * 8, 1280, 9, platform) for platform in ("gpu", "tpu"))
 
 
+@pytest.mark.parametrize("size", [(5, 7), (4, 4)])
+def test_upsampled_conv_is_torch_nearest_upsampling_then_the_convolution(size):
+    """`upsampled_conv` (four 2x2 phase products on the small map) against diffusers' Upsample2D maths in torch:
+    interpolate(nearest, 2x), then the 3x3 convolution; forward, and the gradients for the input and the kernel."""
+    from textinv.backends.jax.layers import upsampled_conv
+
+    g = np.random.default_rng(0)
+    x = g.standard_normal((2, *size, 6)).astype(np.float32)
+    kernel, bias = g.standard_normal((3, 3, 6, 5)).astype(np.float32), g.standard_normal(5).astype(np.float32)
+    probe = g.standard_normal((2, 2 * size[0], 2 * size[1], 5)).astype(np.float32)
+
+    def loss(x, kernel):
+        return jnp.sum(upsampled_conv(x, kernel, jnp.asarray(bias)) * probe)
+
+    got, (got_dx, got_dk) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(kernel))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tk = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+    up = torch.nn.functional.interpolate(tx, scale_factor=2.0, mode="nearest")
+    out = torch.nn.functional.conv2d(up, tk, torch.tensor(bias), padding=1)
+    expected = (out * torch.tensor(probe.transpose(0, 3, 1, 2))).sum()
+    expected.backward()
+    assert abs(float(got) - expected.item()) < 1e-3
+    np.testing.assert_allclose(np.asarray(got_dx), tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got_dk), tk.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_upsamplers_of_large_cpu_maps_convolve_the_small_map():
+    from textinv.backends.jax.layers import upsampled_conv_wins
+    from textinv.backends.jax.unet import Sampler
+
+    assert upsampled_conv_wins(16 * 16, "cpu") and upsampled_conv_wins(2 * 8 * 8, "cpu")
+    assert not upsampled_conv_wins(8 * 8, "cpu") and not upsampled_conv_wins(4 * 4, "cpu")  # bound by the kernel
+    assert not any(upsampled_conv_wins(32 * 32, platform) for platform in ("gpu", "tpu"))
+    sampler = Sampler(8, down=False, rngs=nnx.Rngs(0))
+    for side, takes in ((16, True), (4, False)):
+        jaxpr = str(jax.make_jaxpr(lambda x: sampler(x))(jnp.zeros((1, side, side, 8))))
+        # the 2x map is built (and convolved) only where the small map's phase products do not win
+        assert ("conv_general_dilated" not in jaxpr and "dot_general" in jaxpr) == takes
+
+
 @pytest.mark.parametrize("size, kernel, stride", [((9, 7), 3, 1), ((9, 9), 3, 2), ((8, 8), 3, 2), ((6, 5), 1, 1)])
 def test_xla_conv_gradients_are_autodiffs(size, kernel, stride):
     """`xla_conv` writes its input gradient out by hand (a plain convolution with the flipped kernel, see its
@@ -186,10 +226,10 @@ def test_xla_conv_gradients_are_autodiffs(size, kernel, stride):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("queries, keys, block", [(100, 100, 32), (64, 77, 64), (40, 120, 16)])
+@pytest.mark.parametrize("queries, keys, block", [(100, 100, 32), (64, 77, 64), (40, 120, 16), (30, 77, 30)])
 def test_blockwise_attention_is_attention_forward_and_backward(queries, keys, block):
-    """Query blocks and the recomputed backward (flash-attention style) give softmax attention and its exact
-    gradients for q, k and v, also when the block does not divide the queries."""
+    """Query blocks (or one block of all the queries) and the recomputed backward (flash-attention style) give
+    softmax attention and its exact gradients for q, k and v, also when the block does not divide the queries."""
     from textinv.backends.jax.attention import blockwise_attention
 
     g = np.random.default_rng(0)
@@ -214,14 +254,16 @@ def test_blockwise_attention_is_attention_forward_and_backward(queries, keys, bl
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-5)
 
 
-def test_large_self_attention_runs_in_query_blocks_on_a_cpu():
+def test_attention_runs_as_blockwise_attention_on_a_cpu_in_blocks_when_large():
     from textinv.backends.jax import attention
     from textinv.backends.jax.layers import multi_head_attention
 
-    assert attention.blockwise_wins(8, 32 * 32, 32 * 32, "cpu")  # SD's 32x32 level at 256 px
-    assert not attention.blockwise_wins(8, 16 * 16, 16 * 16, "cpu") and not attention.blockwise_wins(8, 4096, 77, "cpu")
-    assert not attention.blockwise_wins(8, 4096, 4096, "gpu")
-    x = jnp.zeros((1, 1024, 64))
-    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8))(x))
-    small = jnp.zeros((1, 256, 64))
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8))(small))
+    assert attention.runs_here("cpu") and not attention.runs_here("gpu") and not attention.runs_here("tpu")
+    assert attention.query_block(8, 32 * 32, 32 * 32) < 32 * 32  # SD's 32x32 level at 256 px: in blocks
+    assert attention.query_block(8, 16 * 16, 16 * 16) == 16 * 16 and attention.query_block(8, 4096, 77) == 4096
+    for tokens in (1024, 256):
+        x = jnp.zeros((1, tokens, 64))
+        assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8))(x))
+    causal = jnp.zeros((1, 77, 64))  # the text encoder's keeps jax's attention
+    jaxpr = str(jax.make_jaxpr(lambda x: multi_head_attention(x, x, x, heads=8, causal=True))(causal))
+    assert "custom_vjp_call" not in jaxpr

@@ -79,6 +79,47 @@ class Conv(nnx.Conv):
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
+# For each output phase (row or column parity) of a 2x nearest upsampling followed by a 3x3 convolution: which of
+# the kernel's three taps fall on each of the two source pixels it reads (the one before and the one itself for
+# phase 0, the one itself and the one after for phase 1).
+_PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+def upsampled_conv_wins(batch_pixels: int, platform: str) -> bool:
+    """Whether `upsampled_conv` beats upsampling then convolving, for a source map of `batch_pixels` pixels.
+
+    Its four phase products read 16/9 of the kernel's bytes: with fewer than 128 rows (SD's 4x4 and 8x8 maps at
+    256 px) they are bound by that reading and come out no faster (bench/jax_conv.py); from 128 rows on they
+    stay bound by arithmetic, of which they do 4/9. GPUs and TPUs keep their own convolutions.
+    """
+    return platform == "cpu" and batch_pixels >= 128
+
+
+def upsampled_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """A 3x3 convolution (padding 1) of x upsampled 2x by nearest neighbour, computed on x itself.
+
+    Each output pixel of that convolution reads only 2x2 distinct source pixels: the upsampled copies of one
+    source pixel share a weight sum. So the four output phases (row parity x column parity) are four 2x2
+    products on the source map, with kernels of summed taps: 16 tap products per source pixel instead of 36,
+    and no 4x larger map to build or take the gradient of. The same arithmetic as diffusers' `Upsample2D`
+    up to fp32 rounding (the taps are summed before they multiply).
+    """
+    (b, h, w, c), cout = x.shape, kernel.shape[-1]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = []
+    for a, row_taps in enumerate(_PHASE_TAPS):
+        cols = []
+        for col, col_taps in enumerate(_PHASE_TAPS):
+            taps = [sum(kernel[i, j] for i in row_taps[ti] for j in col_taps[tj]) for ti in range(2) for tj in range(2)]
+            patches = jnp.concatenate(
+                [padded[:, a + ti : a + ti + h, col + tj : col + tj + w, :] for ti in range(2) for tj in range(2)],
+                axis=-1,
+            )
+            cols.append(jnp.dot(patches.reshape(-1, 4 * c), jnp.concatenate(taps, axis=0)).reshape(b, h, w, cout))
+        rows.append(jnp.stack(cols, axis=3))  # (b, h, w, column phase, cout)
+    out = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)  # (b, h, row phase, w, column phase, cout)
+    return out if bias is None else out + bias
+
 
 def _lax_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
@@ -157,9 +198,9 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, c
     """Scaled dot-product attention over [B, T, heads * dim] inputs; softmax in fp32 (diffusers' upcast)."""
     b, t, inner = q.shape
     split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, inner // heads)  # noqa: E731
-    if not causal and attention.blockwise_wins(heads, t, k.shape[1], jax.default_backend()):
+    if not causal and attention.runs_here(jax.default_backend()):
         head_major = lambda x: split(x).transpose(0, 2, 1, 3)  # noqa: E731
-        block = attention.query_block(heads, k.shape[1])
+        block = attention.query_block(heads, t, k.shape[1])
         out = attention.blockwise_attention(head_major(q), head_major(k), head_major(v), block)
         return out.transpose(0, 2, 1, 3).reshape(b, t, inner)
     out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=causal)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from textinv.backends.jax import layers
 from textinv.backends.jax.layers import Attention, GEGLUFeedForward, GroupNorm, LayerNorm, conv, linear
 from textinv.backends.jax.layers import timestep_features as sinusoidal
 from textinv.errors import TextinvError
@@ -172,7 +173,11 @@ class Sampler(nnx.Module):
 
     def __call__(self, x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
         if not self.down:
-            x = _upsample_nearest(x, size or (x.shape[1] * 2, x.shape[2] * 2))
+            (batch, h, w, _), size = x.shape, size or (x.shape[1] * 2, x.shape[2] * 2)
+            if size == (2 * h, 2 * w) and layers.upsampled_conv_wins(batch * h * w, jax.default_backend()):
+                bias = None if self.conv.bias is None else self.conv.bias[...]
+                return layers.upsampled_conv(x, self.conv.kernel[...], bias)
+            x = _upsample_nearest(x, size)
         return self.conv(x)
 
 
