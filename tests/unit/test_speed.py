@@ -521,3 +521,20 @@ def test_jax_conv_bench_times_every_convolution_of_the_unet_both_ways(tmp_path, 
     recorded = results.read_text()
     assert "jax_conv: tiny UNet, 32 px, batch 1" in recorded and "Command: `python bench/jax_conv.py" in recorded
     assert "| 1×4×4×4 | 32 | 3×3/1 | 1 |" in recorded and "| **all convolutions of a step** | | | 33 |" in recorded
+
+
+def test_jax_ops_bench_times_every_attention_and_upsampler_of_the_unet_both_ways(tmp_path, monkeypatch):
+    pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
+    monkeypatch.syspath_prepend(str(BENCH))  # jax_ops imports train_speed as the bench's module
+    jax_ops = _load("jax_ops")
+    calls = jax_ops.unet_calls("tiny", 32, 1)
+    # the tiny UNet at 32 px (4x4 latents, 8 heads): self- and cross-attention of its down and up blocks (32
+    # channels, 16 tokens) and of its mid block (64 channels, 2x2), and one upsampler, 2x2 -> 4x4 on 64 channels
+    assert calls[("attention", 1, 8, 16, 16, 4)] == 3 and calls[("attention", 1, 8, 16, 77, 4)] == 3
+    assert calls[("attention", 1, 8, 4, 4, 8)] == 1 and calls[("attention", 1, 8, 4, 77, 8)] == 1
+    assert calls[("upsampler", 1, 2, 2, 64)] == 1 and sum(calls.values()) == 9
+    results = tmp_path / "RESULTS.md"
+    assert jax_ops.main(["--size", "tiny", "--repeats", "1", "--results", str(results)]) == 0
+    recorded = results.read_text()
+    assert "jax_ops: tiny UNet, 32 px, batch 1" in recorded and "Command: `python bench/jax_ops.py" in recorded
+    assert "| upsampler: 1×2×2×64 → 4×4 | 1 |" in recorded and "| **all of a step** | 9 |" in recorded

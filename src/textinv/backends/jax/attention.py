@@ -1,9 +1,10 @@
 """The UNet's attention on a CPU: softmax attention with a hand-written backward, over blocks of queries when large.
 
-`jax.nn.dot_product_attention` and its autodiff backward take about twice the time of this module's at every size
-SD's UNet runs on a CPU (SD-1.5 at 256 px, forward + gradient: 256x256 self-attention 12.2 vs 5.8 ms, 1,024 queries
-over 77 text tokens 10.5 vs 5.8 ms; bench/RESULTS.md, issue 21): its softmax passes and their gradients run at
-memory speed over the whole [heads, queries, keys] score matrix. Here, when that matrix is large (SD's 32x32 level,
+On a CPU `jax.nn.dot_product_attention` and its autodiff backward take up to twice the time of this module's at
+the sizes SD's UNet runs (SD-1.5 at 256 px, forward + gradient: 1,024-token self-attention 144 vs 73 ms, 256-token
+12.4 vs 7.9 ms, 256 queries over 77 text tokens 3.6 vs 2.4 ms; at 64 tokens and fewer, within 15 % either way:
+`bench/jax_ops.py`, issue 21): its softmax passes and their gradients run at memory speed over the whole [heads,
+queries, keys] score matrix. Here, when that matrix is large (SD's 32x32 level,
 1,024 tokens, 32 MB), the queries go in blocks whose scores stay in cache, and the backward recomputes each block's
 probabilities from the saved log-sum-exp (as flash attention does), so that at 512 px (4,096 tokens) no 512 MB
 score matrix per layer is kept. (Keeping the forward's exponentials for the backward where they are small was

@@ -89,7 +89,7 @@ def upsampled_conv_wins(batch_pixels: int, platform: str) -> bool:
     """Whether `upsampled_conv` beats upsampling then convolving, for a source map of `batch_pixels` pixels.
 
     Its four phase products read 16/9 of the kernel's bytes: with fewer than 128 rows (SD's 4x4 and 8x8 maps at
-    256 px) they are bound by that reading and come out no faster (bench/jax_conv.py); from 128 rows on they
+    256 px) they are bound by that reading and come out no faster (bench/jax_ops.py); from 128 rows on they
     stay bound by arithmetic, of which they do 4/9. GPUs and TPUs keep their own convolutions.
     """
     return platform == "cpu" and batch_pixels >= 128
