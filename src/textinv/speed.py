@@ -94,9 +94,10 @@ def limit_heap_fragmentation() -> bool:
     """On glibc, give every allocation of 4 MiB or more its own mapping, returned to the OS when freed.
 
     Lowers the peak resident memory of CPU training (see above) without changing any number. Skipped
-    off glibc and when the user set MALLOC_MMAP_THRESHOLD_ themselves. Returns whether it was applied.
+    off glibc and when the user set the threshold themselves (MALLOC_MMAP_THRESHOLD_, or its GLIBC_TUNABLES
+    spelling glibc.malloc.mmap_threshold). Returns whether it was applied.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = _glibc_mallopt()
     return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1

@@ -294,8 +294,8 @@ print(applied, mapped_blocks_for_8mib())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tunes glibc's allocator; a no-op elsewhere")
 def test_limit_heap_fragmentation_maps_large_blocks_of_their_own():
     """After the call an 8 MiB block gets its own mapping, even once glibc's dynamic threshold has risen past
-    it, where glibc would otherwise carve it from the heap; a user's MALLOC_MMAP_THRESHOLD_ wins."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    it, where glibc would otherwise carve it from the heap; a user's own threshold wins, in either spelling."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
 
     def probe(mode: str) -> list[str]:
         cmd = [sys.executable, "-c", _HEAP_PROBE, mode]
@@ -307,6 +307,11 @@ def test_limit_heap_fragmentation_maps_large_blocks_of_their_own():
     assert probe("apply") == ["True", "1"]
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     assert probe("apply")[0] == "False"
+    del env["MALLOC_MMAP_THRESHOLD_"]
+    env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_threshold=65536"
+    assert probe("apply")[0] == "False"
+    env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"  # another tunable: the threshold is still textinv's
+    assert probe("apply") == ["True", "1"]
 
 
 def test_embedding_drift_compares_each_trainer_with_textinv_of_the_same_precision(train_speed, tmp_path):
