@@ -24,18 +24,33 @@ import train_speed as ts
 Shape = tuple  # (batch, height, width, in channels, out channels, kernel, stride)
 
 
-def unet_convolutions(size: str, resolution: int, batch: int) -> Counter:
-    """The convolutions one UNet forward runs (shape → count), traced abstractly: no weights are made."""
+def trace_unet(size: str, resolution: int, batch: int) -> None:
+    """One forward of the bench's UNet traced abstractly (no weights are made): hooks installed on the backend's
+    layers around it see every call with its shapes (here the convolutions; `jax_ops.py` the attention calls and
+    upsamplers)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from textinv.backends.jax import layers
     from textinv.backends.jax.unet import UNet, UNetConfig
 
-    configs = ts.sd15_configs(size)
-    cfg = UNetConfig.from_dict(configs["unet"])
-    unet = nnx.eval_shape(lambda: UNet(cfg, nnx.Rngs(0)))
+    cfg = UNetConfig.from_dict(ts.sd15_configs(size)["unet"])
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(cfg, nnx.Rngs(0))))
+    latent = resolution // 8
+    jax.eval_shape(
+        lambda state: nnx.merge(graphdef, state)(
+            jnp.zeros((batch, cfg.in_channels, latent, latent)),
+            jnp.zeros((batch,), jnp.int32),
+            jnp.zeros((batch, 77, cfg.cross_attention_dim[0])),
+        ),
+        state,
+    )
+
+
+def unet_convolutions(size: str, resolution: int, batch: int) -> Counter:
+    """The convolutions one UNet forward runs (shape → count), traced abstractly: no weights are made."""
+    from textinv.backends.jax import layers
+
     seen: Counter = Counter()
     original = layers.Conv.__call__
 
@@ -44,18 +59,9 @@ def unet_convolutions(size: str, resolution: int, batch: int) -> Counter:
         seen[(*x.shape, self.out_features, self.kernel_size[0], stride)] += 1
         return original(self, x)
 
-    latent = resolution // 8
     layers.Conv.__call__ = record
     try:
-        graphdef, state = nnx.split(unet)
-        jax.eval_shape(
-            lambda state: nnx.merge(graphdef, state)(
-                jnp.zeros((batch, cfg.in_channels, latent, latent)),
-                jnp.zeros((batch,), jnp.int32),
-                jnp.zeros((batch, 77, cfg.cross_attention_dim[0])),
-            ),
-            state,
-        )
+        trace_unet(size, resolution, batch)
     finally:
         layers.Conv.__call__ = original
     return seen
@@ -112,14 +118,20 @@ def format_table(rows: list[tuple[Shape, int, float, float, bool]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def unet_bench_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments this bench and `jax_ops.py` share: which UNet, at what size, and where the table goes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--size", choices=("sd15", "tiny"), default="sd15")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default 256, 32 for --size tiny)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per way; the best counts")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to --results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = unet_bench_arguments(__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per way; the best counts")
     args = parser.parse_args(argv)
     resolution = args.resolution or (32 if args.size == "tiny" else 256)
 

@@ -14,30 +14,22 @@ a compiled step is the same program whatever the load.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
+import jax_conv
 import train_speed as ts
-
-Attention = tuple  # ("attention", batch, heads, queries, keys, head width)
-Upsampler = tuple  # ("upsampler", batch, height, width, channels)
 
 
 def unet_calls(size: str, resolution: int, batch: int) -> Counter:
-    """The attention and upsampler calls of one UNet forward (shape → count), traced abstractly: no weights made."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+    """The attention and upsampler calls of one UNet forward (shape → count), traced abstractly: no weights made.
 
+    Keys: ("attention", batch, heads, queries, keys, head width) and ("upsampler", batch, height, width, channels).
+    """
     from textinv.backends.jax import layers
     from textinv.backends.jax import unet as unet_module
-    from textinv.backends.jax.unet import UNet, UNetConfig
 
-    cfg = UNetConfig.from_dict(ts.sd15_configs(size)["unet"])
-    model = nnx.eval_shape(lambda: UNet(cfg, nnx.Rngs(0)))
     seen: Counter = Counter()
     attention, sampler = layers.multi_head_attention, unet_module.Sampler.__call__
 
@@ -50,18 +42,9 @@ def unet_calls(size: str, resolution: int, batch: int) -> Counter:
             seen[("upsampler", *x.shape)] += 1
         return sampler(self, x, size)
 
-    latent = resolution // 8
     layers.multi_head_attention, unet_module.Sampler.__call__ = record_attention, record_sampler
     try:
-        graphdef, state = nnx.split(model)
-        jax.eval_shape(
-            lambda state: nnx.merge(graphdef, state)(
-                jnp.zeros((batch, cfg.in_channels, latent, latent)),
-                jnp.zeros((batch,), jnp.int32),
-                jnp.zeros((batch, 77, cfg.cross_attention_dim[0])),
-            ),
-            state,
-        )
+        jax_conv.trace_unet(size, resolution, batch)
     finally:
         layers.multi_head_attention, unet_module.Sampler.__call__ = attention, sampler
     return seen
@@ -155,13 +138,8 @@ def format_table(rows: list[tuple[tuple, int, float, float, bool]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("sd15", "tiny"), default="sd15")
-    parser.add_argument("--resolution", type=int, default=None, help="pixels (default 256, 32 for --size tiny)")
-    parser.add_argument("--batch", type=int, default=1)
+    parser = jax_conv.unet_bench_arguments(__doc__)
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per way, alternating; the median counts")
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to --results")
     args = parser.parse_args(argv)
     resolution = args.resolution or (32 if args.size == "tiny" else 256)
 
