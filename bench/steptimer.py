@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
         # imports torch first, so do here what the command does first.
         from textinv.cpu_runtime import configure_cpu_runtime
 
-        configure_cpu_runtime()
+        configure_cpu_runtime(argv[2:])
     install_step_hook(log_path)
     if _runs_jax_backend(argv):
         install_jax_step_hook(log_path)

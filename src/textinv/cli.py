@@ -82,8 +82,8 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_cpu_runtime()  # before any command imports torch: libgomp reads it once, when loaded
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_cpu_runtime(argv)  # before any command imports torch: libgomp reads it once, when loaded
     # `--debug` anywhere shows full tracebacks; it is stripped before parsing so every command accepts it.
     debug = "--debug" in argv or os.environ.get("TEXTINV_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from textinv.cpu_runtime import glibc_mallopt
+
 # mallopt() parameter numbers, from glibc's malloc.h
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _USERS_MALLOC_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -99,18 +101,8 @@ def limit_heap_fragmentation() -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    mallopt = _glibc_mallopt()
+    mallopt = glibc_mallopt()
     return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
-
-
-def _glibc_mallopt():
-    """glibc's `mallopt`, or None off Linux and under musl and other C libraries."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
 
 
 def keep_freed_memory() -> bool:
@@ -124,9 +116,26 @@ def keep_freed_memory() -> bool:
     `GLIBC_TUNABLES` malloc tunables win.
     Returns whether it was applied.
     """
-    mallopt = _glibc_mallopt()
+    mallopt = glibc_mallopt()
     users_own = any(name in os.environ for name in _USERS_MALLOC_SETTINGS)
     if mallopt is None or users_own or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     # -1 as the trim threshold is SIZE_MAX to glibc: the heap top is never given back.
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
+
+
+def release_freed_memory() -> bool:
+    """On glibc, give the pages of every free heap block back to the OS now (`malloc_trim(0)`); returns whether it ran.
+
+    The partner of `keep_freed_memory` for the JAX backend: once, after loading and after the first step (XLA's
+    compile), so that the process keeps what a step reuses and not the peak of the start-up's temporaries (the
+    compiler's and the weights' host copies, gigabytes for SD). Blocks in use are not touched; no number changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

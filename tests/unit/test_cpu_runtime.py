@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 SNIPPET = "from textinv.cpu_runtime import configure_cpu_runtime; configure_cpu_runtime(); import torch; torch.ones(2)"
 
@@ -38,3 +41,59 @@ def test_called_after_torch_it_keeps_the_thread_count():
     before = torch.get_num_threads()
     assert configure_cpu_runtime() is False
     assert torch.get_num_threads() == before
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+from textinv.cpu_runtime import configure_cpu_runtime
+configure_cpu_runtime(sys.argv[1:])
+from textinv import speed
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+assert speed.keep_freed_memory()
+mapped = []
+
+def step():  # what XLA does on its own thread: one large block of temporaries, freed at the end of the step
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(256 << 20)
+    mapped.append(libc.mallinfo2().hblkhd - before)
+    libc.free(ctypes.c_void_p(block))
+
+for _ in range(2):
+    worker = threading.Thread(target=step)
+    worker.start()
+    worker.join()
+print(*mapped)
+"""
+
+
+def _mapped_by_a_thread(*argv: str) -> list[int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [int(n) for n in done.stdout.split()]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_a_jax_training_allocates_a_threads_large_blocks_on_the_kept_heap():
+    """A thread's 256 MiB block: mapped afresh each time in its own arena (every step's page faults), taken
+    from the main heap, and kept there, when the command line trains with the JAX backend."""
+    assert _mapped_by_a_thread("train", "--backend", "jax") == [0, 0]
+    assert all(n >= 256 << 20 for n in _mapped_by_a_thread("train", "--backend", "torch"))
+
+
+def test_which_command_lines_train_with_jax():
+    from textinv.cpu_runtime import trains_with_jax
+
+    assert trains_with_jax(["train", "--seed", "0", "--backend", "jax"])
+    assert trains_with_jax(["train", "--backend=jax"])
+    assert not trains_with_jax(["train", "--backend", "torch"])
+    assert not trains_with_jax(["train"])
+    assert not trains_with_jax(["generate", "--backend", "jax"])
+    assert not trains_with_jax([])

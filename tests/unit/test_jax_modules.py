@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +78,43 @@ def test_unet_from_a_loaded_torch_module_equals_the_one_from_its_files(sd1_model
     from_module = nnx.state(build_unet(dict(module.config), read_torch_module(module)))
     same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), from_files, from_module)
     assert all(jax.tree.leaves(same))
+
+
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's memory maps of `path` (/proc/self/smaps)."""
+    total, current = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split()[0].endswith(":"):  # a mapping's first line: address range ... path
+            current = line.rstrip().endswith(str(path))
+        elif current and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads /proc/self/smaps (Linux)")
+def test_weights_are_read_with_a_bounded_part_of_the_file_mapped(tmp_path):
+    """Loading SD's 3.4 GB UNet once kept every page of its file mapped until the end beside the copies; the
+    reader re-opens the file every `reopen_bytes`, so only that much of it is resident at a time, and
+    every tensor still arrives whole and in order."""
+    from safetensors.numpy import save_file
+
+    from textinv.backends.jax.weights import read_safetensors
+
+    g = np.random.default_rng(0)
+    arrays = {f"t{i:02d}": g.standard_normal((1024, 1024)).astype(np.float32) for i in range(16)}  # 4 MiB each
+    file = tmp_path / "model.safetensors"
+    save_file(arrays, str(file))
+    mapped, got = [], {}
+    for key, read in read_safetensors([file], reopen_bytes=8 << 20):
+        got[key] = np.array(read())
+        mapped.append(_mapped_kb(file))
+    assert list(got) == list(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
+    assert max(mapped) <= 12 << 10  # at most 8 MiB read since the last open, plus the header's page
+    mapped_once = []
+    for _key, read in read_safetensors([file], reopen_bytes=1 << 40):
+        np.array(read())  # the copy touches the tensor's pages of the map, as loading does
+        mapped_once.append(_mapped_kb(file))
+    assert max(mapped_once) >= 60 << 10  # the control: one open keeps every page it read mapped
 
 
 def test_unet_loads_in_bf16(sd1_model):

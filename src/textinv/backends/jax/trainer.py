@@ -26,7 +26,7 @@ from textinv.backends.jax.batch import step_batch
 from textinv.data import LatentPosteriors, SampleDraws
 from textinv.errors import TextinvError
 from textinv.families.base import FamilyAdapter
-from textinv.speed import keep_freed_memory
+from textinv.speed import keep_freed_memory, release_freed_memory
 
 
 def data_parallel_size() -> int:
@@ -62,7 +62,9 @@ class JaxTrainBackend:
             text_encoder, unet, first_new_id, optimizer_config(cfg, self.learning_rate, total_steps)
         )
         self.state = self.engine.init_state(family.rows[0].detach().cpu().float().numpy())
+        release_freed_memory()  # the weights' host copies, read one by one
         self.steps_done = 0
+        self.compiled = False  # set after the first step, which compiles
         self.kernels = cpu_kernels.KernelPlan()  # XLA chooses its own kernels; checkpoints record an empty plan
         self.posteriors: LatentPosteriors | None = None
         self.prompt_ids: torch.Tensor | None = None
@@ -92,6 +94,9 @@ class JaxTrainBackend:
         """
         batch = step_batch(micro_batches, self.posteriors, self.prompt_ids, self.noise_scheduler, self.cfg.snr_gamma)
         self.state, loss = self.engine.train_step(self.state, batch)
+        if not self.compiled:
+            release_freed_memory()  # what XLA's compile used; later steps reuse only the step's own temporaries
+            self.compiled = True
         return loss
 
     def update(self) -> None:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -77,7 +78,10 @@ def fill_params(abstract: nnx.Module, tensors: TensorSource, renames, dtype, wha
                 f"the {what} weight {key!r} has shape {tuple(array.shape)}, its config says {tuple(spec.shape)}; "
                 "the model folder is inconsistent"
             )
-        filled[path] = targets[path].replace(array.astype(dtype, copy=False))
+        # On the device now, one tensor at a time: the host copy is dropped before the next is read, so loading
+        # never holds the model twice.
+        filled[path] = targets[path].replace(jax.device_put(array.astype(dtype, copy=False)))
+        del array
     missing = sorted(".".join(map(str, p)) for p in targets if p not in filled)
     if missing:
         raise TextinvError(
@@ -103,17 +107,32 @@ def component_files(folder: Path, variant: str | None = None) -> list[Path]:
     )
 
 
-def read_safetensors(files: list[Path]) -> TensorSource:
+# The file is opened again after this many bytes were read from it: what a reader touched of its memory map counts
+# in the process's resident memory until the map is closed, so this bounds the file pages held while loading.
+REOPEN_BYTES = 256 * 1024**2
+
+
+def read_safetensors(files: list[Path], reopen_bytes: int = REOPEN_BYTES) -> TensorSource:
     """Each tensor of `files`, read only when asked (the weights are never all held twice).
 
     Read through torch, whose safetensors reader knows bf16 (numpy's does not); fp16 and fp32 stay as stored.
+    The file is re-opened every `reopen_bytes`, so at most that much of it stays mapped (the copies are what
+    the model keeps).
     """
     from safetensors import safe_open
 
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield key, lambda f=f, key=key: _numpy(f.get_tensor(key))
+            keys = list(f.keys())  # noqa: SIM118 (safe_open is not a mapping)
+        next_key = 0
+        while next_key < len(keys):
+            with safe_open(str(file), framework="pt") as f:
+                read = 0
+                while next_key < len(keys) and read < reopen_bytes:
+                    key, next_key = keys[next_key], next_key + 1
+                    tensor = f.get_tensor(key)
+                    read += tensor.numel() * tensor.element_size()
+                    yield key, lambda tensor=tensor: _numpy(tensor)
 
 
 def _numpy(tensor) -> np.ndarray:
