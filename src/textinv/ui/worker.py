@@ -52,6 +52,10 @@ class RunStatus:
 
 def run_training(given: dict[str, Any], events: Any, stop_event: Any) -> None:
     """The worker process: build the config as `textinv train` does, train, report events; errors as one line."""
+    from textinv.cpu_runtime import configure_cpu_runtime
+
+    # What the command does first, before torch loads here: libgomp's brief spin, the JAX backend's one arena.
+    configure_cpu_runtime(["train", "--backend", str(given.get("backend") or "torch")])
     try:
         from textinv.cli import quiet_libraries
         from textinv.config import config_for_model
