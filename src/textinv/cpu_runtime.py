@@ -12,7 +12,7 @@ never holds a core for long: as fast as the default alone, as good as `PASSIVE` 
 
 The thread count does (it decides how reductions are split), so it is fixed: never adapted to the load.
 
-A run of the JAX backend also gets one malloc arena for all its threads (`one_malloc_arena`), which must be
+A JAX training on the CPU also gets one malloc arena for all its threads (`one_malloc_arena`), which must be
 set before a second thread allocates, so here too.
 """
 
@@ -39,14 +39,14 @@ WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 def configure_cpu_runtime(argv: Sequence[str] = ()) -> bool:
     """Set `RUNTIME_ENV` (unless the user set a variable) and fix torch's intra-op thread count; for a command
-    line `argv` that trains with the JAX backend, also `one_malloc_arena`.
+    line `argv` that trains with the JAX backend on the CPU, also `one_malloc_arena`.
 
     Call it before `import torch` for the wait policy to apply (the CLI does, first thing); called later, the
     environment no longer matters for this process and only the thread count is fixed. Returns whether the
     environment was set in time.
     """
     in_time = "torch" not in sys.modules
-    if in_time and trains_with_jax(argv):
+    if in_time and trains_with_jax(argv) and jax_steps_on_the_cpu():
         one_malloc_arena()
     # The two wait settings go together: a user's OMP_WAIT_POLICY=PASSIVE must not get our spin count.
     users_wait = any(name in os.environ for name in WAIT_SETTINGS)
@@ -69,6 +69,26 @@ def trains_with_jax(argv: Sequence[str]) -> bool:
 
 def _values(argv: list[str], flag: str) -> list[str]:
     return [value for name, value in zip(argv, argv[1:], strict=False) if name == flag]
+
+
+# Packages that give jax an accelerator: with one of them installed, the step runs there, not on XLA's CPU threads.
+ACCELERATOR_PLUGINS = ("libtpu", "jax-cuda", "jax-rocm", "jax-metal")
+
+
+def jax_steps_on_the_cpu(environ=os.environ, installed: Sequence[str] | None = None) -> bool:
+    """Whether a JAX training here steps on the CPU: `JAX_PLATFORMS=cpu`, or no accelerator plugin installed.
+
+    Read from the installed packages, not from jax, whose first device query starts the threads that
+    `one_malloc_arena` must come before.
+    """
+    if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return True
+    if installed is None:
+        from importlib.metadata import distributions
+
+        installed = [dist.metadata["Name"] or "" for dist in distributions()]
+    names = {name.lower().replace("_", "-") for name in installed}
+    return not any(name.startswith(ACCELERATOR_PLUGINS) for name in names)
 
 
 # mallopt() parameter number, from glibc's malloc.h

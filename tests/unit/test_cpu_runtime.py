@@ -122,3 +122,13 @@ def test_the_ui_worker_sets_the_runtime_up_before_torch_loads():
     assert done.returncode == 0, done.stderr
     assert "error" in done.stdout  # the bad folder, reported as the page shows it
     assert "GOMP_SPINCOUNT = '1000'" in done.stderr + done.stdout
+
+
+def test_only_a_cpu_jax_training_gets_one_arena():
+    """On TPU and GPU hosts the step runs on the accelerator: their many host threads keep their own arenas."""
+    from textinv.cpu_runtime import jax_steps_on_the_cpu
+
+    assert jax_steps_on_the_cpu({}, ["jax", "jaxlib", "torch"])
+    assert not jax_steps_on_the_cpu({}, ["jax", "jaxlib", "libtpu"])
+    assert not jax_steps_on_the_cpu({}, ["jax", "jax_cuda12_plugin", "jax-cuda12-pjrt"])
+    assert jax_steps_on_the_cpu({"JAX_PLATFORMS": "cpu"}, ["jax", "libtpu"])
