@@ -110,3 +110,38 @@ def test_the_torch_unet_is_freed_unless_validation_samples_with_it(sd1_model, co
     run = setup(cfg)
     devices = {p.device.type for p in run.pipe.unet.parameters()}
     assert devices == ({"cpu"} if validation else {"meta"})
+
+
+def test_concurrent_runs_a_run_beside_a_busy_process_and_a_lone_run_agree_to_the_bit(sd1_model, concept_dir, tmp_path):
+    """Same flags and seed, same bits, whatever else the machine does (issue 23 §1, for XLA's CPU threads too):
+    two JAX trainings contending for the cores, one beside a spinning process, one alone (batch 16, so XLA
+    splits the step's work over its threads)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the fixture's compilation cache dir included
+
+    def start(name: str) -> subprocess.Popen:
+        args = train_args(sd1_model, concept_dir, tmp_path / name, "--backend", "jax", "--train_batch_size", "16")
+        cmd = [sys.executable, "-m", "textinv", *map(str, args)]
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(proc: subprocess.Popen) -> None:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+
+    finish(start("alone"))  # compiles the step once, into the shared cache
+    first, second = start("a"), start("b")
+    finish(first)
+    finish(second)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        finish(start("busy"))
+    finally:
+        busy.kill()
+        busy.wait()
+    rows = [learned(tmp_path / name)[TOKEN].numpy() for name in ("alone", "a", "b", "busy")]
+    assert all(np.array_equal(rows[0], r) for r in rows[1:]), [float(np.abs(rows[0] - r).max()) for r in rows[1:]]
