@@ -9,6 +9,8 @@ trainers get the same flags; textinv's CPU kernel planning and cached posteriors
         python bench/sdxl_speed.py                        # CPU, SDXL-sized, 256 px, fp32, batch 1
     python bench/sdxl_speed.py --size tiny --steps 3      # seconds: checks the bench itself
     python bench/sdxl_speed.py --rounds 3                 # trainers alternating, medians
+    python bench/sdxl_speed.py --device cuda --flags compiled='--torch_compile reduce-overhead'
+                                                          # GPU: 1024 px, fp16, peak torch.cuda memory
 
 The reference script's `torchvision.transforms` (flip, centre and random crop) is served by bench/shims.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -95,7 +98,19 @@ def build_sdxl_pipeline(size: str, out_dir: Path, seed: int = 0) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=SIZES, default="sdxl", help="model size (default: sdxl)")
-    p.add_argument("--resolution", type=int, help="default: 256, 32 for --size tiny")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--resolution", type=int, help="default: 256 on CPU, 1024 on CUDA, 32 for --size tiny")
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "bf16"), help="both trainers' (default: fp32 on CPU, fp16 on CUDA)"
+    )
+    p.add_argument(
+        "--flags",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also run `textinv train` with extra flags, labelled NAME; repeatable "
+        "(e.g. compiled='--torch_compile reduce-overhead')",
+    )
     p.add_argument("--warmup", type=int, default=3, help="steps not timed (default 3)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default 10)")
     p.add_argument("--rounds", type=int, default=1, help="run both trainers this many times, alternating order")
@@ -122,9 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
-    args.resolution = args.resolution or (32 if args.size == "tiny" else 256)
+    args.resolution = args.resolution or (32 if args.size == "tiny" else 1024 if args.device == "cuda" else 256)
     # What train_speed's record() and table read.
-    args.device, args.precision, args.gradient_checkpointing = "cpu", ["fp32"], False
+    args.precision = [args.precision or ("fp16" if args.device == "cuda" else "fp32")]
+    args.gradient_checkpointing = False
     return args
 
 
@@ -144,37 +160,46 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sdxl_speed: building/loading the {args.size} SDXL pipeline under {args.cache}", file=sys.stderr)
     model = build_sdxl_pipeline(args.size, args.cache / f"pipeline-{args.size}-xl")
     data = ts.write_concept_images(args.cache / "concept")
-    env = {"TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {"TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    flag_variants = {name: shlex.split(extra) for name, extra in (v.split("=", 1) for v in args.flags)}
+    trainers[1:1] = list(flag_variants)  # after textinv, before the reference
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     shim = [] if importlib.util.find_spec("torchvision") else ["--torchvision-shim", str(ts.SHIMS)]
     load_before = ts.load_average()
     rounds, results = [], []
     for index in range(args.rounds):
-        results = [_run(args, t, model, data, env, shim, reference) for t in trainers[:: -1 if index % 2 else 1]]
-        rows = ts.table_rows(results, args.warmup, args.steps, "cpu")
+        order = trainers[:: -1 if index % 2 else 1]
+        results = [_run(args, t, model, data, env, shim, reference, flag_variants.get(t)) for t in order]
+        rows = ts.table_rows(results, args.warmup, args.steps, args.device)
         rounds.append(sorted(rows, key=lambda row: trainers.index(row["trainer"])))
-    table = ts.format_table(ts.combine_rounds(rounds), "cpu")
+    table = ts.format_table(ts.combine_rounds(rounds), args.device)
     print(table)
     if not args.no_record:
-        title = f"sdxl_speed: {args.size}, cpu, {args.resolution} px, batch 1, fp32"
+        title = f"sdxl_speed: {args.size}, {args.device}, {args.resolution} px, batch 1, {args.precision[0]}"
         ts.record(args.results, title, ts.speed_details(args, load_before, ts.load_average()), table, "sdxl_speed.py")
     return 0 if all(r.ok for r in results) else 1
 
 
-def _run(args, trainer: str, model: Path, data: Path, env: dict, shim: list[str], reference: Path | None):
-    out = args.cache / "runs" / f"xl-{trainer}-fp32"
+def _run(args, trainer: str, model: Path, data: Path, env: dict, shim: list[str], reference: Path | None,
+         extra_flags: list[str] | None = None):  # fmt: skip
+    """One trainer's run; `extra_flags` makes it a labelled `textinv train` variant (`--flags NAME=FLAGS`)."""
+    precision = args.precision[0]
+    out = args.cache / "runs" / f"xl-{trainer}-{precision}"
     shutil.rmtree(out, ignore_errors=True)
     # A long run stopped after the measured steps: textinv plans its CPU kernels as a user's real run would.
     flags = ts.trainer_flags(model, data, out, resolution=args.resolution, steps=ts.LONG_RUN,
-                             precision="fp32", gradient_checkpointing=False, seed=args.seed)  # fmt: skip
-    if trainer == "textinv":
+                             precision=precision, gradient_checkpointing=False, seed=args.seed)  # fmt: skip
+    flags += extra_flags or []
+    if trainer == "textinv" or extra_flags is not None:
         path = os.pathsep.join(filter(None, [str(ts.REPO / "src"), os.environ.get("PYTHONPATH")]))
         tail, extra = ["-m", "textinv", "train"], {"PYTHONPATH": path}
     else:
         tail, extra = [*shim, str(reference)], {}
     print(f"sdxl_speed: running {trainer} ...", file=sys.stderr)
-    result = ts.run_trainer(trainer, tail, flags, args.cache / "runs", "fp32", {**env, **extra}, args.timeout,
+    result = ts.run_trainer(trainer, tail, flags, args.cache / "runs", precision, {**env, **extra}, args.timeout,
                             stop_after=args.warmup + args.steps)  # fmt: skip
     if not result.ok:
         text = result.log_path.read_text(errors="replace")[-3000:] if result.log_path else ""

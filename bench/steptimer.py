@@ -6,6 +6,9 @@ included), and appends one line per step to the file named by `$TEXTINV_BENCH_ST
 
     <perf_counter seconds> <current RSS bytes> <peak CUDA bytes allocated, 0 without CUDA>
 
+(for `textinv train --backend jax` on a GPU, the peak is torch's and jax's allocators' peaks added: the shared
+torch code and the Flax step share the device).
+
 Usage: python steptimer.py [--torchvision-shim DIR] SCRIPT.py ARGS...   or   python steptimer.py -m MODULE ARGS...
 
 With `$TEXTINV_BENCH_TURNS` ("GO_FD,DONE_FD", set by `train_speed.py --lockstep`) the trainer takes turns with
@@ -88,10 +91,20 @@ def install_jax_step_hook(log_path: str) -> None:
 
     def update_and_log(self) -> None:
         update(self)
-        log.write(f"{TURNS.clock():.6f} {_current_rss_bytes()} 0\n")
+        log.write(f"{TURNS.clock():.6f} {_current_rss_bytes()} {_jax_and_torch_device_peak()}\n")
         TURNS.step_done()
 
     JaxTrainBackend.update = update_and_log
+
+
+def _jax_and_torch_device_peak() -> int:
+    """Peak bytes allocated on the accelerator by jax (its first local device) and torch; 0 on a CPU."""
+    import jax
+    import torch
+
+    stats = jax.local_devices()[0].memory_stats() or {}  # None on a CPU
+    torch_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    return int(stats.get("peak_bytes_in_use", 0)) + torch_peak
 
 
 def _runs_jax_backend(argv: list[str]) -> bool:

@@ -423,6 +423,22 @@ def test_sdxl_bench_model_is_sdxl_1_0_shaped_and_its_tiny_twin_runs(tmp_path, mo
     assert image.shape == (1, 32, 32, 3)
 
 
+def test_sdxl_bench_runs_flag_variants_and_takes_the_gpu_defaults(tmp_path, monkeypatch, capsys):
+    """What a lent GPU runs (issue 20 §6): 1024 px fp16 on CUDA, and textinv with extra flags as its own row."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sdxl_speed = _load("sdxl_speed")
+    gpu = sdxl_speed.parse_args(["--device", "cuda", "--flags", "compiled=--torch_compile reduce-overhead"])
+    assert (gpu.resolution, gpu.precision) == (1024, ["fp16"])
+    cpu = sdxl_speed.parse_args([])
+    assert (cpu.resolution, cpu.precision) == (256, ["fp32"])
+    argv = ["--size", "tiny", "--trainers", "textinv", "--flags", "native=--cpu_conv native", "--warmup", "1",
+            "--steps", "1", "--no-record", "--cache", str(tmp_path)]  # fmt: skip
+    assert sdxl_speed.main(argv) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[2:] == ["textinv", "native"]  # after the header and its rule
+    assert "--cpu_conv native" in (tmp_path / "runs" / "native-fp32.log").read_text()
+
+
 def test_torchvision_shim_crops_as_torchvision():
     from PIL import Image
 
