@@ -78,7 +78,8 @@ class TrainConfig:
     ignore_captions: bool = _flag(
         False,
         "Without --template_file, images with a caption (IMAGE.txt beside them) train on diffusers' templates, "
-        "half of them followed by ' CAPTION'; this flag leaves captions out, as diffusers' script does.",
+        "half of them followed by ' CAPTION' (all of them when every image has the same caption); this flag "
+        "leaves captions out, as diffusers' script does.",
     )
     repeats: int = _flag(100, "How many times each image appears per epoch.")
     num_vectors: int = _flag(1, "Embedding vectors for the concept (<tok>, <tok>_1, ...).")

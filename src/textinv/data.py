@@ -384,6 +384,19 @@ def caption_templates(learnable_property: str) -> list[str]:
     return bare + [template + " " + FILEWORDS_TAG for template in bare]
 
 
+def shared_caption_templates(learnable_property: str) -> list[str]:
+    """diffusers' templates, each followed by the caption: for images whose captions are all the same.
+
+    A caption every image shares names a context common to all of them (five photos on one white table):
+    in a bare prompt the token would have to explain that context, and learns it as part of the concept; stated
+    in every prompt, the words explain it. Measured on the toy model (`bench/editability.py --seed 23`, 32
+    samples): five blue squares on white, "a <x> on a black background" blue in 69 % with the caption in half
+    the prompts, 100 % in all. Captions that differ keep the half rule (`caption_templates`): there, the
+    varied contexts cannot be learned as the concept, and the bare half keeps the token whole.
+    """
+    return [template.format(NAME_TAG) + " " + FILEWORDS_TAG for template in templates_for(learnable_property)]
+
+
 def training_prompts(
     image_paths: list[Path],
     prompt_string: str,
@@ -392,7 +405,8 @@ def training_prompts(
     ignore_captions: bool = False,
 ) -> list[list[str]]:
     """`prompt_table` for a run: `--template_file` and the images' captions when given, else diffusers' templates,
-    bare and (when the images have captions) followed by each image's caption: half the prompts carry it.
+    bare and (when the images have captions) followed by each image's caption: half the prompts carry it, or all
+    of them when every image has the same caption (`shared_caption_templates`).
 
     Why captions by default: a caption names what the image shows besides the concept (its background, for an
     object), so the new token need not learn it (`caption_templates`). Learned from five blue squares on white
@@ -403,15 +417,16 @@ def training_prompts(
         has_caption = [caption_path(p).is_file() for p in image_paths]
         if not any(has_caption) or ignore_captions:
             return prompt_table(prompt_string, len(image_paths), learnable_property)
-        log.info(
-            "using the captions beside %d of %d images (IMAGE%s) in half the prompts ('a photo of a %s CAPTION'); "
-            "--ignore_captions trains on the templates alone, as diffusers' script does",
-            sum(has_caption), len(image_paths), CAPTION_SUFFIX, prompt_string,
-        )  # fmt: skip
         captions = read_captions(image_paths)
-        return prompt_table(
-            prompt_string, len(image_paths), learnable_property, caption_templates(learnable_property), captions
-        )
+        shared = len(set(captions)) == 1 and captions[0] != ""
+        log.info(
+            "using the captions beside %d of %d images (IMAGE%s) in %s ('a photo of a %s CAPTION'); "
+            "--ignore_captions trains on the templates alone, as diffusers' script does",
+            sum(has_caption), len(image_paths), CAPTION_SUFFIX,
+            "every prompt: all images share it" if shared else "half the prompts", prompt_string,
+        )  # fmt: skip
+        templates = (shared_caption_templates if shared else caption_templates)(learnable_property)
+        return prompt_table(prompt_string, len(image_paths), learnable_property, templates, captions)
     templates = load_template_file(template_file)
     captions = read_captions(image_paths)
     if any(FILEWORDS_TAG in t for t in templates) and not any(captions):

@@ -181,3 +181,19 @@ def test_captions_follow_the_default_templates_and_an_image_without_one_keeps_th
     assert table[1] == table[2] == bare + bare  # no dangling space or comma where there is no caption
     assert "using the captions beside 1 of 3 images" in caplog.text
     assert training_prompts(paths, "<t>", "object", None, ignore_captions=True) == [bare, bare, bare]
+
+
+def test_a_caption_all_images_share_goes_into_every_prompt(tmp_path, caplog):
+    """Five photos on one background: the shared context is stated in every prompt, so the token need not learn it."""
+    paths = _images(tmp_path / "imgs")
+    for path in paths:
+        caption_path(path).write_text("on a white background", encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        table = training_prompts(paths, "<t>", "object", None)
+    bare = [t.format("<t>") for t in OBJECT_TEMPLATES]
+    assert table == [[f"{t} on a white background" for t in bare]] * 3
+    assert "in every prompt: all images share it" in caplog.text
+    caption_path(paths[2]).write_text("on a blue background", encoding="utf-8")
+    table = training_prompts(paths, "<t>", "object", None)  # captions that differ: half the prompts, as before
+    assert table[2] == bare + [f"{t} on a blue background" for t in bare]
+    assert training_prompts(paths, "<t>", "object", None, ignore_captions=True) == [bare, bare, bare]
