@@ -95,12 +95,12 @@ def jax_steps_on_the_cpu(environ=os.environ, installed: Sequence[str] | None = N
 _M_ARENA_MAX = -8
 
 
-def glibc_mallopt():
-    """glibc's `mallopt`, or None off Linux and under musl and other C libraries."""
+def glibc_function(name: str):
+    """glibc's function `name` (`mallopt`, `malloc_trim`), or None off Linux and under musl and other C libraries."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL("libc.so.6").mallopt
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
@@ -115,6 +115,6 @@ def one_malloc_arena(environ=os.environ) -> bool:
     run before a second thread allocates (glibc gives a thread its arena once); a user's own
     `MALLOC_ARENA_MAX` or glibc malloc tunables win. No number changes.
     """
-    mallopt = glibc_mallopt()
+    mallopt = glibc_function("mallopt")
     users_own = "MALLOC_ARENA_MAX" in environ or "glibc.malloc" in environ.get("GLIBC_TUNABLES", "")
     return mallopt is not None and not users_own and mallopt(_M_ARENA_MAX, 1) == 1

@@ -8,16 +8,14 @@ the trainer: posteriors cached once, AdamW over the new rows only, no per-step r
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from textinv.cpu_runtime import glibc_mallopt
+from textinv.cpu_runtime import glibc_function
 
 # mallopt() parameter numbers, from glibc's malloc.h
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -101,7 +99,7 @@ def limit_heap_fragmentation() -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    mallopt = glibc_mallopt()
+    mallopt = glibc_function("mallopt")
     return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
 
 
@@ -116,7 +114,7 @@ def keep_freed_memory() -> bool:
     `GLIBC_TUNABLES` malloc tunables win.
     Returns whether it was applied.
     """
-    mallopt = glibc_mallopt()
+    mallopt = glibc_function("mallopt")
     users_own = any(name in os.environ for name in _USERS_MALLOC_SETTINGS)
     if mallopt is None or users_own or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
@@ -131,11 +129,8 @@ def release_freed_memory() -> bool:
     compile), so that the process keeps what a step reuses and not the peak of the start-up's temporaries (the
     compiler's and the weights' host copies, gigabytes for SD). Blocks in use are not touched; no number changes.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = glibc_function("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
