@@ -107,12 +107,6 @@ def _jax_and_torch_device_peak() -> int:
     return int(stats.get("peak_bytes_in_use", 0)) + torch_peak
 
 
-def _runs_jax_backend(argv: list[str]) -> bool:
-    return any(
-        a == "--backend=jax" or (a == "--backend" and b == "jax") for a, b in zip(argv, [*argv[1:], ""], strict=True)
-    )
-
-
 class ScriptOnlyFinder(importlib.abc.MetaPathFinder):
     """Finds `torchvision` (from the shim folder) only when the importing code is `script` itself."""
 
@@ -146,14 +140,16 @@ def main(argv: list[str]) -> None:
     log_path = os.environ.get("TEXTINV_BENCH_STEP_LOG")
     if not log_path:
         raise SystemExit("steptimer: set TEXTINV_BENCH_STEP_LOG to the step-log file")
+    runs_jax = False
     if argv[:2] == ["-m", "textinv"]:
         # `textinv` sets its OpenMP runtime up before torch loads (libgomp reads it once); the hook below
         # imports torch first, so do here what the command does first.
-        from textinv.cpu_runtime import configure_cpu_runtime
+        from textinv.cpu_runtime import configure_cpu_runtime, trains_with_jax
 
         configure_cpu_runtime(argv[2:])
+        runs_jax = trains_with_jax(argv[2:])
     install_step_hook(log_path)
-    if _runs_jax_backend(argv):
+    if runs_jax:
         install_jax_step_hook(log_path)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]

@@ -135,6 +135,17 @@ def test_rounds_alternate_the_order_of_the_trainers(train_speed, monkeypatch, tm
     assert "2.10× (2.05–2.15)" in capsys.readouterr().out
 
 
+def test_the_jax_backend_gets_its_own_timed_row(train_speed, tmp_path, capsys):
+    """steptimer times `textinv train --backend jax` through the JAX step hook (it has no torch optimizer)."""
+    pytest.importorskip("jax", reason='the JAX backend tests need pip install -e ".[jax]"')
+    argv = ["--size", "tiny", "--trainers", "textinv", "--flags", "jax=--backend jax", "--warmup", "1", "--steps", "2",
+            "--no-record", "--cache", str(tmp_path)]  # fmt: skip
+    assert train_speed.main(argv) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}  # fmt: skip
+    assert float(rows["jax"]) > 0 and float(rows["textinv"]) > 0  # steps/s of each
+
+
 def test_run_trainer_stops_a_long_run_after_the_steps_it_needs(train_speed, tmp_path, monkeypatch):
     # A "trainer" that logs a step every 0.05 s for ever, as steptimer would (time stamp, RSS, CUDA bytes).
     trainer = tmp_path / "forever.py"
