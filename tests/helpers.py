@@ -98,3 +98,23 @@ def tiny_sdxl_pipeline(width_2: int = 48, num_layers: int = 2, hidden_act: str =
 def card_snippets(text: str) -> list[tuple[str, str]]:
     """(language, code) of every fenced block of a Markdown text, in order."""
     return re.findall(r"```(\w+)\n(.*?)\n```", text, flags=re.S)
+
+
+# How the malloc probes (snippets run in a fresh interpreter: glibc settings are process-wide) begin: glibc's
+# allocator through ctypes, and its `mallinfo2` statistics (`hblkhd`: bytes in blocks mapped on their own).
+GLIBC_PROBE_PRELUDE = """
+import ctypes, sys
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+"""
+
+
+def env_without_malloc_settings(**extra: str) -> dict[str, str]:
+    """This environment less any glibc malloc setting (`MALLOC_*`, `GLIBC_TUNABLES`), with `extra` added."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"} | extra

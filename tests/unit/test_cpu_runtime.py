@@ -8,17 +8,25 @@ import subprocess
 import sys
 
 import pytest
+from helpers import GLIBC_PROBE_PRELUDE, env_without_malloc_settings
 
 SNIPPET = "from textinv.cpu_runtime import configure_cpu_runtime; configure_cpu_runtime(); import torch; torch.ones(2)"
 
 
-def _libgomp_env(**env: str) -> str:
-    """What libgomp reports as its settings when loaded (it prints them with OMP_DISPLAY_ENV)."""
+def _run_showing_libgomp(code: str, **env: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter without our runtime variables, libgomp printing its settings when it loads
+    (OMP_DISPLAY_ENV)."""
     ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DYNAMIC", "MKL_DYNAMIC")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     env = {**clean, "OMP_DISPLAY_ENV": "VERBOSE", **env}
-    done = subprocess.run([sys.executable, "-c", SNIPPET], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def _libgomp_env(**env: str) -> str:
+    """What libgomp reports as its settings when loaded after `configure_cpu_runtime`."""
+    done = _run_showing_libgomp(SNIPPET, **env)
     return done.stderr + done.stdout
 
 
@@ -43,19 +51,14 @@ def test_called_after_torch_it_keeps_the_thread_count():
     assert torch.get_num_threads() == before
 
 
-ARENA_PROBE = """
-import ctypes, sys, threading
+ARENA_PROBE = (
+    GLIBC_PROBE_PRELUDE
+    + """
+import threading
 from textinv.cpu_runtime import configure_cpu_runtime
 configure_cpu_runtime(sys.argv[1:])
 from textinv import speed
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
 assert speed.keep_freed_memory()
 mapped = []
 
@@ -71,11 +74,12 @@ for _ in range(2):
     worker.join()
 print(*mapped)
 """
+)
 
 
 def _mapped_by_a_thread(*argv: str) -> list[int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["JAX_PLATFORMS"] = "cpu"  # a CPU training wherever the suite runs, accelerator plugin installed or not
+    # JAX_PLATFORMS: a CPU training wherever the suite runs, accelerator plugin installed or not
+    env = env_without_malloc_settings(JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", ARENA_PROBE, *argv], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return [int(n) for n in done.stdout.split()]
@@ -117,10 +121,7 @@ print(events)
 def test_the_ui_worker_sets_the_runtime_up_before_torch_loads():
     """The web UI trains in a fresh worker process, not through the command: it must do what the command does
     first, or its torch would spin libgomp's default 300,000 rounds (a shared CPU's 19x slow-down)."""
-    ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DYNAMIC", "MKL_DYNAMIC")
-    env = {k: v for k, v in os.environ.items() if k not in ours} | {"OMP_DISPLAY_ENV": "VERBOSE"}
-    done = subprocess.run([sys.executable, "-c", UI_WORKER], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = _run_showing_libgomp(UI_WORKER)
     assert "error" in done.stdout  # the bad folder, reported as the page shows it
     assert "GOMP_SPINCOUNT = '1000'" in done.stderr + done.stdout
 

@@ -3,24 +3,18 @@ each case runs in a fresh interpreter)."""
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import sys
 
 import pytest
+from helpers import GLIBC_PROBE_PRELUDE, env_without_malloc_settings
 
-PROBE = """
-import ctypes, sys
+PROBE = (
+    GLIBC_PROBE_PRELUDE
+    + """
 from textinv import speed
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
 applied = speed.keep_freed_memory() if sys.argv[1] == "apply" else False
 before = libc.mallinfo2()
 block = libc.malloc(64 << 20)
@@ -30,6 +24,7 @@ after = libc.mallinfo2()
 # mmapped bytes while the 64 MiB block lives; heap bytes kept (not trimmed) after it is freed
 print(applied, during.hblkhd - before.hblkhd, after.arena - before.arena)
 """
+)
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator only (Linux)"
@@ -37,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _probe(apply: bool = True, **env_extra) -> tuple[bool, int, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
+    env = env_without_malloc_settings(**env_extra)
     cmd = [sys.executable, "-c", PROBE, "apply" if apply else "skip"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     applied, mapped, kept = out.stdout.split()
@@ -67,15 +62,14 @@ def test_a_users_own_glibc_malloc_tunables_win():
     assert not applied and mapped >= 64 << 20
 
 
-RELEASE_PROBE = """
-import ctypes, sys
+RELEASE_PROBE = (
+    GLIBC_PROBE_PRELUDE
+    + """
 from textinv import speed
 
 def anon_kb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon:"))
 
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
 assert speed.keep_freed_memory()
 block = libc.malloc(64 << 20)
 ctypes.memset(block, 1, 64 << 20)  # resident
@@ -84,13 +78,14 @@ kept = anon_kb()
 released = speed.release_freed_memory() if sys.argv[1] == "release" else False
 print(released, kept - anon_kb())
 """
+)
 
 
 @pytest.mark.parametrize("release", [True, False])
 def test_release_freed_memory_gives_the_kept_pages_back(release):
     """After the JAX backend's start-up (weights read, step compiled) the kept heap is given back once: the
     64 MiB a freed block left resident go, where without the call they stay."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = env_without_malloc_settings()
     cmd = [sys.executable, "-c", RELEASE_PROBE, "release" if release else "keep"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     released, dropped_kb = out.stdout.split()
