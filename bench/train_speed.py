@@ -722,6 +722,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = dict(v.split("=", 1) for v in args.variant)
     flag_variants = {name: shlex.split(extra) for name, extra in (v.split("=", 1) for v in args.flags)}
     trainers[1:1] = [*variants, *flag_variants]  # after textinv, before the reference
+    short = short_run_note(args.warmup + args.steps, args.device, trainers)
+    if short:
+        print(f"train_speed: {short}", file=sys.stderr)
+        notes.append(f"- {short}")
     for round_index in range(args.rounds):
         results = _run_round(
             args, trainers[:: -1 if round_index % 2 else 1], model, data, env_extra, shim, variants, flag_variants
@@ -756,6 +760,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         record(args.results, title, speed_details(args, load_before, load_average()), table)
     return 0 if all_ok else 1
+
+
+def short_run_note(steps: int, device: str, trainers: list[str]) -> str | None:
+    """What a textinv row measures when the run is too short for textinv to plan its CPU kernels, else None.
+
+    `textinv train` times its CPU kernels only for runs of `cpu_kernels.AUTO_MIN_STEPS` steps or more (a shorter
+    run cannot win the timing back), so a shorter bench run times the default kernels, not what a user's run gets.
+    """
+    from textinv.cpu_kernels import AUTO_MIN_STEPS
+
+    if device != "cpu" or steps >= AUTO_MIN_STEPS or all(t == "reference" for t in trainers):
+        return None
+    return (
+        f"textinv ran {steps} steps, under the {AUTO_MIN_STEPS} after which a run plans its CPU kernels: its rows "
+        f"time the default kernels, not a user's run (--warmup + --steps >= {AUTO_MIN_STEPS} for that)"
+    )
 
 
 def _run_round(args, trainers, model, data, env_extra, shim, variants, flag_variants) -> list[RunResult]:

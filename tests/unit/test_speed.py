@@ -141,9 +141,22 @@ def test_the_jax_backend_gets_its_own_timed_row(train_speed, tmp_path, capsys):
     argv = ["--size", "tiny", "--trainers", "textinv", "--flags", "jax=--backend jax", "--warmup", "1", "--steps", "2",
             "--no-record", "--cache", str(tmp_path)]  # fmt: skip
     assert train_speed.main(argv) == 0
-    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in out.splitlines()
             if line.startswith("| ")}  # fmt: skip
     assert float(rows["jax"]) > 0 and float(rows["textinv"]) > 0  # steps/s of each
+    assert "ran 3 steps" in out and "default kernels" in out  # 1 + 2 steps: too short to plan, and the table says so
+
+
+def test_a_run_too_short_to_plan_kernels_says_so(train_speed):
+    """Under AUTO_MIN_STEPS textinv keeps its default CPU kernels: the table must not pass that off as a user's run."""
+    from textinv.cpu_kernels import AUTO_MIN_STEPS
+
+    note = train_speed.short_run_note(AUTO_MIN_STEPS - 1, "cpu", ["textinv", "reference"])
+    assert note is not None and f"ran {AUTO_MIN_STEPS - 1} steps" in note and "default kernels" in note
+    assert train_speed.short_run_note(AUTO_MIN_STEPS, "cpu", ["textinv", "reference"]) is None
+    assert train_speed.short_run_note(3, "cuda", ["textinv"]) is None  # no CPU kernels are planned on a GPU
+    assert train_speed.short_run_note(3, "cpu", ["reference"]) is None
 
 
 def test_run_trainer_stops_a_long_run_after_the_steps_it_needs(train_speed, tmp_path, monkeypatch):
