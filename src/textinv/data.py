@@ -193,7 +193,8 @@ def cache_latent_posteriors(
 
 def _mix(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (SeedSequence hashes them)."""
-    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+    state = np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1  # shifted as a Python int: numpy < 2 refuses uint64 >> int
 
 
 @dataclass

@@ -70,6 +70,8 @@ def test_load_concept_from_hub_cache(pipe, tmp_path, monkeypatch):
     torch.save({"<cat-toy>": vec[0]}, snapshot / "learned_embeds.bin")  # the concepts library's 1-D layout
     (snapshot / "token_identifier.txt").write_text("<cat-toy>")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # Older huggingface_hub (0.23, our lower bound) binds the name at import: point that copy there too.
+    monkeypatch.setattr("huggingface_hub._snapshot_download.HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert textinv.load_concept(pipe, "sd-concepts-library/cat-toy") == "<cat-toy>"
     assert torch.equal(_rows(pipe, ["<cat-toy>"]), vec)

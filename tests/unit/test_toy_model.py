@@ -52,3 +52,39 @@ def test_plain_diffusers_loads_the_sdxl_twin_without_a_dtype_and_generates():
     assert record["config"] == json.loads(json.dumps(dataclasses.asdict(build.config_for("sdxl"))))
     assert record["seconds"] <= 3600  # built in under an hour on the 2-core machine
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 30 * 2**20
+
+
+def test_every_shipped_text_encoder_keeps_its_weights_where_transformers_4_and_5_both_read_them():
+    """transformers 5 saves a CLIPTextModel without `text_model.`; transformers 4 (>= 4.40 is supported) would load
+    none of those weights and run a random text encoder. The shipped files use the layout both versions read."""
+    from safetensors import safe_open
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from textinv.models import toy_model_dir
+
+    for family, folder in (("sd1", "text_encoder"), ("sdxl", "text_encoder"), ("sdxl", "text_encoder_2")):
+        path = toy_model_dir(family) / folder
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            assert all(k.startswith(build.CLIP_TOP_LEVEL_KEYS) for k in f.keys()), (family, folder)
+        cls = CLIPTextModelWithProjection if folder == "text_encoder_2" else CLIPTextModel
+        _, info = cls.from_pretrained(path, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (family, folder, info)
+
+
+def test_a_rebuild_stores_the_text_encoder_under_text_model_with_the_same_values(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    model = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=100, max_position_embeddings=8))  # fmt: skip
+    model.save_pretrained(tmp_path)  # whatever layout this transformers writes
+    before = load_file(tmp_path / "model.safetensors")
+    build.store_clip_keys_for_transformers_4(tmp_path)
+    after = load_file(tmp_path / "model.safetensors")
+    prefixed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in before.items()}
+    assert prefixed.keys() == after.keys() and all(torch.equal(after[k], v) for k, v in prefixed.items())
+    assert build.store_clip_keys_for_transformers_4(tmp_path) is False  # already in that layout: left as it is
+    ids = torch.tensor([[1, 5, 7, 2]])
+    reloaded = CLIPTextModel.from_pretrained(tmp_path)
+    assert torch.equal(reloaded(ids).last_hidden_state, model(ids).last_hidden_state)

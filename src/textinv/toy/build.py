@@ -68,6 +68,8 @@ RECOMMENDED_SETTINGS = {
 }
 TOKENIZER_SOURCE = Path(__file__).resolve().parent / "model" / "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+# The keys of a CLIP text encoder file that sit outside `text_model.` in every transformers version.
+CLIP_TOP_LEVEL_KEYS = ("text_model.", "text_projection.")
 
 
 @dataclass
@@ -470,6 +472,26 @@ def load_text_encoder_in_float32(out: Path, folder: str = "text_encoder") -> Non
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def store_clip_keys_for_transformers_4(folder: Path) -> bool:
+    """Store a CLIP text encoder's weights under `text_model.`, the layout transformers 4 writes and 4 and 5 both read.
+
+    Why: transformers 5 saves a `CLIPTextModel` without that prefix, and transformers 4 (textinv supports 4.40 on)
+    then finds none of its weights in the file and runs a randomly initialised text encoder, with only a warning.
+    Keys are renamed, values untouched. Returns whether the file changed.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from textinv.atomic import write_atomic
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {k if k.startswith(CLIP_TOP_LEVEL_KEYS) else f"text_model.{k}": v for k, v in tensors.items()}
+    if renamed.keys() == tensors.keys():
+        return False
+    write_atomic(path, lambda tmp: save_file(renamed, tmp, metadata={"format": "pt"}))
+    return True
+
+
 def tokenizer_files(spec: EncoderSpec) -> dict[str, bytes]:
     """The real CLIP tokenizer's small files for one encoder; SDXL's second names its "!" pad token."""
     files = {name: (TOKENIZER_SOURCE / name).read_bytes() for name in TOKENIZER_FILES}
@@ -496,6 +518,7 @@ def save_pipeline(pipe, out: Path, cfg: BuildConfig | None = None) -> None:
     pipe.to(torch.float32)
     for suffix, tokenizer in files.items():
         load_text_encoder_in_float32(out, f"text_encoder{suffix}")
+        store_clip_keys_for_transformers_4(out / f"text_encoder{suffix}")
         shutil.rmtree(out / f"tokenizer{suffix}")
         (out / f"tokenizer{suffix}").mkdir()
         for name, data in tokenizer.items():
