@@ -7,7 +7,7 @@
 #   2. the [jax] extra added at its lowest versions (jax needs a newer numpy, so this cannot share step 1's): the
 #      JAX tests (and the JAX rows of the bench tests). The [ui] extra is not checked here.
 #
-#   bash tools/check_lower_bounds.sh                 # about 17 minutes on 2 cores
+#   bash tools/check_lower_bounds.sh                 # about 18 minutes on 2 cores
 #   bash tools/check_lower_bounds.sh tests/unit      # step 1 runs only these tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
