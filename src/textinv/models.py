@@ -234,6 +234,8 @@ def load_pipeline(
     except TextinvError:
         raise
     except Exception as exc:  # diffusers raises many types; the user needs one line
+        if source.kind == "single_file" and _hub_unreachable(exc):
+            raise TextinvError(_single_file_offline_message(Path(source.path_or_id))) from exc
         raise TextinvError(
             f"could not load a Stable Diffusion model from {source.path_or_id!r}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -244,3 +246,74 @@ def load_pipeline(
                 f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); use an SD 1.x/2.x/XL model"
             )
     return pipe
+
+
+# The files diffusers' `from_single_file` reads from its architecture's hub repo: configs and tokenizer vocabularies
+# (fnmatch's `*` crosses folders, so these also match unet/config.json).
+SINGLE_FILE_CONFIG_PATTERNS = ("*.json", "*.txt")
+
+
+def single_file_config_repo(path: Path) -> str | None:
+    """The hub repo whose configs diffusers builds this single-file checkpoint with (by its architecture), or None.
+
+    Read from the safetensors header (key names and shapes) with diffusers' own rule, never the weights.
+    """
+    try:
+        from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS, infer_diffusers_model_type
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {key: _Shape(tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+        return DIFFUSERS_DEFAULT_PIPELINE_PATHS[infer_diffusers_model_type(shapes)]["pretrained_model_name_or_path"]
+    except Exception:  # not a safetensors file, or a diffusers without these helpers: the message does without
+        return None
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What diffusers' architecture rule reads of a tensor: its shape."""
+
+    shape: tuple[int, ...]
+
+
+def _hub_unreachable(exc: BaseException) -> bool:
+    """Whether loading failed because the Hugging Face Hub could not be reached (offline, no network)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        # By name: huggingface_hub moved these classes between modules across the versions textinv allows.
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or any("Connect" in n for n in names):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _single_file_offline_message(path: Path) -> str:
+    """Why a single file did not load offline, and the command that fixes it."""
+    repo = single_file_config_repo(path)
+    if repo is None:
+        return (
+            f"{path} is a single-file checkpoint: diffusers builds it with its architecture's configs from the "
+            "Hugging Face Hub, which are not in the local cache and the Hub cannot be reached; run once online "
+            "(they are cached after) or use a diffusers folder"
+        )
+    return (
+        f"{path} is a single-file checkpoint: diffusers builds it with the configs of {repo} from the Hugging Face "
+        f"Hub, which are not in the local cache and the Hub cannot be reached; fetch them once (a few MB) where "
+        f"it can be: {download_configs_command(repo)}"
+    )
+
+
+def download_configs_command(repo: str) -> str:
+    """The command that caches `repo`'s configs, spelled for the installed huggingface_hub's CLI.
+
+    `hf` came in 0.34 (before: `huggingface-cli`); from 1.0 it takes one pattern per --include, before it took
+    several after one --include (a repeated flag kept only the last).
+    """
+    import huggingface_hub
+
+    version = tuple(int(part) for part in re.findall(r"\d+", huggingface_hub.__version__)[:2])
+    if version >= (1, 0):
+        return f"hf download {repo} " + " ".join(f'--include "{p}"' for p in SINGLE_FILE_CONFIG_PATTERNS)
+    cli = "hf" if version >= (0, 34) else "huggingface-cli"
+    return f"{cli} download {repo} --include " + " ".join(f'"{p}"' for p in SINGLE_FILE_CONFIG_PATTERNS)
