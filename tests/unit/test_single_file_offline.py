@@ -3,20 +3,16 @@ that fetches them; that command, run against a stand-in Hub, leaves what diffuse
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import json
-import os
 import shlex
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import run_cli, train_args
 from safetensors.torch import save_file
+from stand_in_hub import stand_in_hub
 
 from textinv.models import single_file_config_repo
 
@@ -68,56 +64,6 @@ def test_a_ckpt_file_gets_the_offline_line_without_a_repo(concept_dir, tmp_path,
     assert "Hub cannot be reached" in err and "run once online" in err and "\n" not in err, err
 
 
-class _StandInHub(http.server.BaseHTTPRequestHandler):
-    """The routes `hf download` uses: a revision and its file tree, a file's metadata (HEAD) and its bytes."""
-
-    files: dict[str, bytes] = {}
-    repo = ""
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    served: list[str] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _reply(self, body: bytes, headers: dict[str, str], send_body: bool) -> None:
-        self.send_response(200)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
-
-    def _route(self, send_body: bool) -> None:
-        path = self.path.split("?")[0]
-        if path.startswith(f"/api/models/{self.repo}/revision/"):
-            info = {"id": self.repo, "sha": self.sha, "private": False, "downloads": 0, "likes": 0, "tags": []}
-            info["siblings"] = [{"rfilename": name} for name in self.files]
-            return self._reply(json.dumps(info).encode(), {"Content-Type": "application/json"}, send_body)
-        if path.startswith(f"/api/models/{self.repo}/tree/"):
-            tree = [
-                {"type": "file", "path": name, "size": len(body), "oid": hashlib.sha1(body).hexdigest()}
-                for name, body in self.files.items()
-            ]
-            return self._reply(json.dumps(tree).encode(), {"Content-Type": "application/json"}, send_body)
-        for revision in ("main", self.sha):
-            prefix = f"/{self.repo}/resolve/{revision}/"
-            if path.startswith(prefix) and path[len(prefix) :] in self.files:
-                name = path[len(prefix) :]
-                body = self.files[name]
-                if send_body:
-                    self.served.append(name)
-                etag = f'"{hashlib.sha1(body).hexdigest()}"'
-                return self._reply(body, {"X-Repo-Commit": self.sha, "ETag": etag}, send_body)
-        self.send_response(404)
-        self.end_headers()
-
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
-        self._route(send_body=False)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._route(send_body=True)
-
-
 def test_the_printed_command_fetches_what_from_single_file_reads_offline(concept_dir, tmp_path, monkeypatch, capsys):
     repo = _config_repo("v1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -133,19 +79,11 @@ def test_the_printed_command_fetches_what_from_single_file_reads_offline(concept
         "tokenizer/merges.txt": b"#version: 0.2\n",
     }
     weights = {"unet/diffusion_pytorch_model.safetensors": b"\0" * 4096, "v1-5-pruned.safetensors": b"\1" * 4096}
-    _StandInHub.files, _StandInHub.repo, _StandInHub.served = {**configs, **weights}, repo, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StandInHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
-    env.update(HF_HUB_DISABLE_XET="1", HF_HUB_ENABLE_HF_TRANSFER="0", HF_HUB_DISABLE_TELEMETRY="1")
-    cli = Path(sys.executable).with_name(command[0])
-    try:
+    with stand_in_hub(repo, {**configs, **weights}, tmp_path / "hf") as (env, served):
+        cli = Path(sys.executable).with_name(command[0])
         done = subprocess.run([str(cli), *command[1:]], env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
     assert done.returncode == 0, done.stderr
-    assert sorted(_StandInHub.served) == sorted(configs)  # the configs, none of the weights
+    assert sorted(served) == sorted(configs)  # the configs, none of the weights
 
     # What diffusers' from_single_file does next, offline: the same snapshot call, local files only.
     read = (
