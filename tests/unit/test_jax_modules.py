@@ -68,6 +68,22 @@ def test_unet_matches_diffusers(model, latent_size, request):
     assert np.abs(got - expected).max() < TOLERANCE
 
 
+def test_a_text_encoder_with_placeholder_rows_reads_as_its_files(sd1_model):
+    """A single file's text encoder is read after the token's rows were installed: the wrapper reads as the
+    embedding it wraps, the rows left out (the backend trains its own copy)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from textinv.tokens import add_placeholder_tokens, install_placeholder_embedding
+
+    module = CLIPTextModel.from_pretrained(sd1_model / "text_encoder")
+    before = {key: value.clone() for key, value in module.state_dict().items()}
+    tokenizer = CLIPTokenizer.from_pretrained(sd1_model / "tokenizer")
+    install_placeholder_embedding(module, tokenizer, add_placeholder_tokens(tokenizer, "<t>", 2), 1000)
+    read = {key: load() for key, load in read_torch_module(module)}
+    assert sorted(read) == sorted(before)
+    assert all(np.array_equal(read[key], before[key].numpy()) for key in before)
+
+
 def test_unet_from_a_loaded_torch_module_equals_the_one_from_its_files(sd1_model):
     """Single-file models have no component folder: their loaded module's state dict gives the same parameters."""
     from diffusers import UNet2DConditionModel

@@ -142,10 +142,23 @@ def _numpy(tensor) -> np.ndarray:
 
 
 def read_torch_module(module) -> TensorSource:
-    """The state dict of a loaded PyTorch module, for models with no component folder (single files)."""
+    """The state dict of a loaded PyTorch module, for models with no component folder (single files).
+
+    A text encoder read after its placeholder rows were installed holds a `PlaceholderEmbedding`: it is read as
+    the embedding it wraps (its frozen matrix; the rows train in the backend's own copy), as the files hold it.
+    """
     import torch
 
+    from textinv.tokens import PlaceholderEmbedding
+
+    wrapped = {name for name, sub in module.named_modules() if isinstance(sub, PlaceholderEmbedding)}
     for key, tensor in module.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in wrapped:  # the wrapper's own trainable rows
+            continue
+        parent, _, child = owner.rpartition(".")
+        if parent in wrapped and child == "base":
+            key = f"{parent}.{leaf}"
         yield key, lambda t=tensor: t.detach().to("cpu", torch.float32).numpy()
 
 
