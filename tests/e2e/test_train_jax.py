@@ -145,3 +145,33 @@ def test_concurrent_runs_a_run_beside_a_busy_process_and_a_lone_run_agree_to_the
         busy.wait()
     rows = [learned(tmp_path / name)[TOKEN].numpy() for name in ("alone", "a", "b", "busy")]
     assert all(np.array_equal(rows[0], r) for r in rows[1:]), [float(np.abs(rows[0] - r).max()) for r in rows[1:]]
+
+
+def test_a_cached_hub_id_trains_with_validation_images_and_tensorboard_scalars(sd1_model, concept_dir, tmp_path):
+    """Issue 21 §1 on the JAX backend: a hub id from the local cache (offline), validation images, TensorBoard."""
+    import os
+    import shutil
+
+    from helpers import run_subprocess
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--someone--tiny-sd"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(sd1_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    out = tmp_path / "out"
+    extra = ["--backend", "jax", "--validation_prompt", f"a {TOKEN} backpack", "--num_validation_images", "1"]
+    args = train_args("someone/tiny-sd", concept_dir, out, *extra, "--validation_steps", "2", steps=2)
+    args[args.index("none")] = "tensorboard"
+    proc = run_subprocess(args, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert learned(out)[TOKEN].shape == (1, 32)
+    assert len(list((out / "validation" / "step-2").glob("*.png"))) == 1
+    assert "someone/tiny-sd" in (out / "README.md").read_text()
+    events = EventAccumulator(str(out / "logs" / "textual_inversion"), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2] and "lr" in events.Tags()["scalars"]
+    assert any(tag.startswith("validation") for tag in events.Tags()["images"])
