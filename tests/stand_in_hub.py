@@ -35,7 +35,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, send_body: bool) -> None:
         path = self.path.split("?")[0]
-        if path.startswith(f"/api/models/{self.repo}/revision/"):
+        if path == f"/api/models/{self.repo}" or path.startswith(f"/api/models/{self.repo}/revision/"):
             info = {"id": self.repo, "sha": SHA, "private": False, "downloads": 0, "likes": 0, "tags": []}
             info["siblings"] = [{"rfilename": name} for name in self.files]
             return self._reply(json.dumps(info).encode(), {"Content-Type": "application/json"}, send_body)

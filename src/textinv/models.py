@@ -236,6 +236,8 @@ def load_pipeline(
     except Exception as exc:  # diffusers raises many types; the user needs one line
         if source.kind == "single_file" and _hub_unreachable(exc):
             raise TextinvError(_single_file_offline_message(Path(source.path_or_id))) from exc
+        if source.kind == "hub" and _hub_unreachable(exc):
+            raise TextinvError(_hub_offline_message(source.path_or_id, revision, variant)) from exc
         raise TextinvError(
             f"could not load a Stable Diffusion model from {source.path_or_id!r}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -301,6 +303,16 @@ def _single_file_offline_message(path: Path) -> str:
         f"{path} is a single-file checkpoint: diffusers builds it with the configs of {repo} from the Hugging Face "
         f"Hub, which are not in the local cache and the Hub cannot be reached; fetch them once (a few MB) where "
         f"it can be: {download_configs_command(repo)}"
+    )
+
+
+def _hub_offline_message(repo: str, revision: str | None, variant: str | None) -> str:
+    """Why a hub id did not load offline, and the one line of Python that caches what diffusers loads of it."""
+    given = "".join(f", {name}={value!r}" for name, value in (("revision", revision), ("variant", variant)) if value)
+    fetch = f"from diffusers import DiffusionPipeline; DiffusionPipeline.download({repo!r}{given})"
+    return (
+        f"model {repo} is not (fully) in the local Hugging Face cache and the Hub cannot be reached; fetch it once "
+        f'where it can be (only the files diffusers loads): python -c "{fetch}", or pass a local diffusers folder'
     )
 
 

@@ -16,7 +16,6 @@ import torch
 from helpers import card_snippets, learned, run_subprocess, train_args
 from ldm_layout import save_single_file
 from stand_in_hub import folder_files, stand_in_hub
-from transformers import CLIPTextModel, CLIPTokenizer
 
 pytestmark = pytest.mark.slow
 TOKEN = "<cat-toy>"
@@ -78,25 +77,15 @@ def test_a_single_file_trains_offline_once_its_configs_are_cached(
     architecture = "v1" if family == "sd1" else "xl_base"
     env = _offline_with_configs(folder, model_file, architecture, concept_dir, tmp_path)
 
-    # Each run in a subprocess alike (the same threads, so the same summation order). SD 1 also on the JAX
-    # backend, which reads a single file's weights from the modules diffusers loaded from it.
-    runs = {"my-concept": (model_file,), "from-folder": (folder,)}
-    if family == "sd1":
-        runs["jax"] = (model_file, "--backend", "jax")
-    for out, (model, *flags) in runs.items():
-        trained = run_subprocess(train_args(model, concept_dir, tmp_path / out, "--seed", "0", *flags), env=env)
+    # Both in a subprocess alike (the same threads, so the same summation order). The JAX backend reads a single
+    # file's weights from the modules diffusers loaded (test_jax_modules: bitwise those of the folder's files).
+    for model, out in ((model_file, "my-concept"), (folder, "from-folder")):
+        trained = run_subprocess(train_args(model, concept_dir, tmp_path / out, "--seed", "0"), env=env)
         assert trained.returncode == 0, trained.stderr[-2000:]
     names = ["learned_embeds.safetensors"] + (["learned_embeds_2.safetensors"] if family == "sdxl" else [])
     for name in names:
         from_file, from_folder = learned(tmp_path / "my-concept", name), learned(tmp_path / "from-folder", name)
         assert torch.equal(from_file[TOKEN], from_folder[TOKEN]), name  # the same weights, so the same bits
-    if family == "sd1":  # the two backends' agreement (issue 21): within 1 % of how far training moved the rows
-        (initializer,) = CLIPTokenizer.from_pretrained(folder / "tokenizer").encode("toy", add_special_tokens=False)
-        start = CLIPTextModel.from_pretrained(folder / "text_encoder").get_input_embeddings().weight[initializer]
-        torch_rows, jax_rows = learned(tmp_path / "my-concept")[TOKEN], learned(tmp_path / "jax")[TOKEN]
-        moved = torch.linalg.norm(torch_rows - start.detach())
-        assert moved > 1e-3 and torch.linalg.norm(jax_rows - torch_rows) <= 0.01 * moved
-
     card = (tmp_path / "my-concept" / "README.md").read_text()
     assert "from_single_file('my-model.safetensors')" in card and str(tmp_path) not in card
     if family == "sd1":  # the card's snippets, pasted beside the model file and the concept, run offline

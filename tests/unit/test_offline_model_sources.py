@@ -1,8 +1,10 @@
-"""A single-file checkpoint where the Hub cannot be reached: one line naming the repo of its configs and a command
-that fetches them; that command, run against a stand-in Hub, leaves what diffusers' `from_single_file` reads."""
+"""Model sources where the Hub cannot be reached: a single-file checkpoint whose configs are not cached, a hub id
+that is not. One line each, naming the command that fetches what is missing; that command, run against a stand-in
+Hub, leaves what diffusers then reads offline."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -10,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli, train_args
+from helpers import run_cli, run_subprocess, train_args
 from safetensors.torch import save_file
-from stand_in_hub import stand_in_hub
+from stand_in_hub import folder_files, stand_in_hub
 
 from textinv.models import single_file_config_repo
 
@@ -96,3 +98,28 @@ def test_the_printed_command_fetches_what_from_single_file_reads_offline(concept
     assert found.returncode == 0, found.stderr
     folder = Path(found.stdout.strip())
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == sorted(configs)
+
+
+def test_an_uncached_hub_id_offline_names_the_line_that_fetches_it_and_that_line_works(
+    sd1_model, concept_dir, tmp_path
+):
+    """Offline, a hub id not in the cache: one line with the Python that caches what diffusers loads of it; that
+    line, run against a stand-in Hub, makes the same command train offline."""
+    repo = "someone/tiny-sd"
+    offline = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    args = train_args(repo, concept_dir, tmp_path / "out", steps=1)
+    refused = run_subprocess(args, env=offline)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]  # transformers 4 may print a one-time cache note before it
+    assert line.startswith(f"textinv: error: model {repo} is not (fully) in the local Hugging Face cache"), line
+    command = shlex.split(line.split("only the files diffusers loads): ", 1)[1].split(", or pass", 1)[0])
+    assert command[:2] == ["python", "-c"]
+
+    weights = folder_files(sd1_model)
+    unused = {"unet/diffusion_pytorch_model.fp16.safetensors": b"\2" * 4096, "v1-5-pruned.ckpt": b"\3" * 4096}
+    with stand_in_hub(repo, {**weights, **unused}, tmp_path / "hf") as (env, served):
+        fetched = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert sorted(served) == sorted(weights)  # the pipeline's files, not the other variants and checkpoints
+    trained = run_subprocess(args, env=offline)
+    assert trained.returncode == 0, trained.stderr[-2000:]
