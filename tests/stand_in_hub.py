@@ -78,6 +78,7 @@ def stand_in_hub(repo: str, files: dict[str, bytes], hf_home: Path) -> Iterator[
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(hf_home), HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
     env.update(HF_HUB_DISABLE_XET="1", HF_HUB_ENABLE_HF_TRANSFER="0", HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(HF_HUB_DISABLE_UPDATE_CHECK="1")  # the `hf` CLI would ask PyPI for a newer release
     try:
         yield env, handler.served
     finally:
