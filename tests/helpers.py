@@ -118,3 +118,15 @@ libc.malloc.restype = ctypes.c_void_p
 def env_without_malloc_settings(**extra: str) -> dict[str, str]:
     """This environment less any glibc malloc setting (`MALLOC_*`, `GLIBC_TUNABLES`), with `extra` added."""
     return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"} | extra
+
+
+def cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> Path:
+    """Put a pipeline folder into a Hugging Face cache (`HF_HUB_CACHE` layout) as `repo_id`'s main snapshot."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return cache

@@ -58,18 +58,13 @@ def unet_key(key: str, layers: int, up_has_attention: list[bool]) -> str:
     if head == "down_blocks":
         if kind == "downsamplers":  # down_blocks.i.downsamplers.0.conv.* -> input_blocks.N.0.op.*
             return f"input_blocks.{(block + 1) * (layers + 1)}.0.op.{tail.removeprefix('conv.')}"
-        slot = block * (layers + 1) + index + 1
-        return (
-            f"input_blocks.{slot}.{1 if kind == 'attentions' else 0}.{tail if kind == 'attentions' else _resnet(tail)}"
-        )
+        return f"input_blocks.{block * (layers + 1) + index + 1}.{_block_part(kind, tail)}"
     if head == "up_blocks":
         if kind == "upsamplers":
             # in the block's last output block, after its resnet (and attention)
             return f"output_blocks.{block * (layers + 1) + layers}.{2 if up_has_attention[block] else 1}.{tail}"
-        slot = block * (layers + 1) + index  # an up block has one resnet more than a down block
-        return (
-            f"output_blocks.{slot}.{1 if kind == 'attentions' else 0}.{tail if kind == 'attentions' else _resnet(tail)}"
-        )
+        # an up block has one resnet more than a down block
+        return f"output_blocks.{block * (layers + 1) + index}.{_block_part(kind, tail)}"
     raise KeyError(key)
 
 
@@ -126,6 +121,14 @@ def _open_clip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
             out[f"{dst}mlp.c_proj.{kind}"] = state[f"{src}mlp.fc2.{kind}"]
         layer += 1
     return {prefix + k: v for k, v in out.items()}
+
+
+def config_repo(architecture: str) -> str:
+    """The Hub repo whose configs the installed diffusers builds a single file of `architecture` with ("v1", "v2",
+    "xl_base"; the v1 repo moved in 2024)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    return DIFFUSERS_DEFAULT_PIPELINE_PATHS[architecture]["pretrained_model_name_or_path"]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -14,17 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import card_snippets, learned, run_subprocess, train_args
-from ldm_layout import save_single_file
+from ldm_layout import config_repo, save_single_file
 from stand_in_hub import folder_files, stand_in_hub
 
 pytestmark = pytest.mark.slow
 TOKEN = "<cat-toy>"
-
-
-def _config_repo(architecture: str) -> str:
-    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
-    return DIFFUSERS_DEFAULT_PIPELINE_PATHS[architecture]["pretrained_model_name_or_path"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def _offline_with_configs(folder: Path, model_file: Path, architecture: str, con
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("textinv: error: ") and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     command = shlex.split(line.split("where it can be: ", 1)[1])
-    repo = _config_repo(architecture)
+    repo = config_repo(architecture)
     assert command[1:3] == ["download", repo]
 
     files = folder_files(folder)

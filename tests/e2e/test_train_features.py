@@ -301,14 +301,10 @@ def test_readme_documents_every_flag_with_its_default():
 
 def test_a_hub_id_in_the_local_cache_trains_offline(sd1_model, concept_dir, tmp_path):
     import os
-    import shutil
 
-    cache = tmp_path / "hf-cache"
-    repo = cache / "models--someone--tiny-sd"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(sd1_model, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    from helpers import cache_as_hub_repo
+
+    cache = cache_as_hub_repo(sd1_model, tmp_path / "hf-cache", "someone/tiny-sd")
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     args = train_args("someone/tiny-sd", concept_dir, tmp_path / "out", steps=1)
     proc = run_subprocess(args, env={**os.environ, **env})

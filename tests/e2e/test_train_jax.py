@@ -150,17 +150,11 @@ def test_concurrent_runs_a_run_beside_a_busy_process_and_a_lone_run_agree_to_the
 def test_a_cached_hub_id_trains_with_validation_images_and_tensorboard_scalars(sd1_model, concept_dir, tmp_path):
     """Issue 21 §1 on the JAX backend: a hub id from the local cache (offline), validation images, TensorBoard."""
     import os
-    import shutil
 
-    from helpers import run_subprocess
+    from helpers import cache_as_hub_repo, run_subprocess
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cache = tmp_path / "hf-cache"
-    repo = cache / "models--someone--tiny-sd"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(sd1_model, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    cache = cache_as_hub_repo(sd1_model, tmp_path / "hf-cache", "someone/tiny-sd")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     out = tmp_path / "out"
     extra = ["--backend", "jax", "--validation_prompt", f"a {TOKEN} backpack", "--num_validation_images", "1"]

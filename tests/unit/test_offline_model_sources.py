@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli, run_subprocess, train_args
+from ldm_layout import config_repo
 from safetensors.torch import save_file
 from stand_in_hub import folder_files, stand_in_hub
 
@@ -24,13 +25,6 @@ ARCHITECTURE_KEYS = {
     "v2": ("model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight", (320, 1024)),
     "xl_base": ("conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias", (8,)),
 }
-
-
-def _config_repo(architecture: str) -> str:
-    """Where the installed diffusers takes an architecture's configs from (the v1 repo moved in 2024)."""
-    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
-    return DIFFUSERS_DEFAULT_PIPELINE_PATHS[architecture]["pretrained_model_name_or_path"]
 
 
 def _checkpoint(path: Path, architecture: str) -> Path:
@@ -45,7 +39,7 @@ def test_offline_single_file_names_its_config_repo_in_one_line(
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = _checkpoint(tmp_path / "my-model.safetensors", architecture)
-    repo = _config_repo(architecture)
+    repo = config_repo(architecture)
     assert repo.split("/")[1] in {"stable-diffusion-v1-5", "stable-diffusion-2-1", "stable-diffusion-xl-base-1.0"}
     assert single_file_config_repo(model) == repo
     if architecture == "v2":
@@ -69,7 +63,7 @@ def test_a_ckpt_file_gets_the_offline_line_without_a_repo(concept_dir, tmp_path,
 
 
 def test_the_printed_command_fetches_what_from_single_file_reads_offline(concept_dir, tmp_path, monkeypatch, capsys):
-    repo = _config_repo("v1")
+    repo = config_repo("v1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert run_cli(train_args(_checkpoint(tmp_path / "m.safetensors", "v1"), concept_dir, tmp_path / "out")) == 2
     command = shlex.split(capsys.readouterr().err.strip().split("where it can be: ", 1)[1])
