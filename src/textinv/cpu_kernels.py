@@ -56,7 +56,7 @@ def kernel_name(kernels: str) -> str:
 
 @dataclass(frozen=True)
 class KernelCall:
-    """The shape of one frozen fp32 CPU convolution or linear call: what a kernel choice changes.
+    """The shape of one frozen CPU convolution (fp32 or bf16) or fp32 linear call: what a kernel choice changes.
 
     Calls of one shape cost the same, so a step's calls are counted by shape and each shape is timed once.
     """
@@ -68,15 +68,18 @@ class KernelCall:
     has_bias: bool
     params: tuple = ()  # conv2d's stride, padding, dilation, groups, as the call gave them
     input_grad: bool = True  # the backward computes this call's input gradient
+    dtype: str = "float32"  # "bfloat16" for a convolution of bf16 weights (`--mixed_precision bf16`)
 
     @property
     def key(self) -> str:
         """A stable text name of the shape, stored in checkpoints (`ConvPlan.shapes`)."""
-        return _shape_key(self.input_shape, self.weight_shape, self.params)
+        return _shape_key(self.input_shape, self.weight_shape, self.params, self.dtype)
 
 
-def _shape_key(input_shape, weight_shape, params: tuple) -> str:
-    return f"{list(input_shape)} {list(weight_shape)} {list(params)}"
+def _shape_key(input_shape, weight_shape, params: tuple, dtype: str = "float32") -> str:
+    # fp32 keys stay as checkpoints of earlier versions wrote them.
+    suffix = "" if dtype == "float32" else f" {dtype}"
+    return f"{list(input_shape)} {list(weight_shape)} {list(params)}{suffix}"
 
 
 def _bind(func, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]] | None:
@@ -102,6 +105,20 @@ def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
     return _frozen(x, weight, bias) and _fp32_cpu(x, weight, bias)
 
 
+def _bf16_cpu(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.bfloat16) for t in tensors)
+
+
+def _plannable_conv(x: Any, weight: Any, bias: Any) -> bool:
+    """A convolution whose kernels we may choose: frozen, on the CPU, fp32 or bf16 throughout.
+
+    bf16 convolutions (`--mixed_precision bf16`) are planned between oneDNN and "gemm" only: PyTorch's native
+    kernels run bf16 convolutions hundreds of times slower (SD-1.5's 2560 -> 1280 channels at 8x8: 7.5 s
+    against oneDNN's 39 ms), so they are never timed for them.
+    """
+    return _frozen(x, weight, bias) and (_fp32_cpu(x, weight, bias) or _bf16_cpu(x, weight, bias))
+
+
 def _params(op: str, given: dict[str, Any]) -> tuple:
     """A call's arguments after input, weight and bias (conv2d's stride, padding, ...), lists made tuples."""
     return tuple(tuple(v) if isinstance(v, list) else v for v in (given[k] for k in _ARGS[op][3:]))
@@ -111,12 +128,16 @@ def _call_of(op: str, given: dict[str, Any], out: torch.Tensor) -> KernelCall:
     x, weight = given["input"], given["weight"]
     return KernelCall(
         op, tuple(x.shape), tuple(weight.shape), tuple(out.shape), given["bias"] is not None, _params(op, given),
-        x.requires_grad,
+        x.requires_grad, _dtype_name(weight.dtype),
     )  # fmt: skip
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 class _KernelCensus(TorchFunctionMode):
-    """Counts, by shape, the frozen fp32 CPU `F.conv2d` and `F.linear` calls made inside it."""
+    """Counts, by shape, the frozen CPU `F.conv2d` (fp32 or bf16) and fp32 `F.linear` calls made inside it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,7 +149,8 @@ class _KernelCensus(TorchFunctionMode):
         bound = _bind(func, args, kwargs)
         if bound is not None and isinstance(out, torch.Tensor):
             op, given = bound
-            if _frozen_fp32_cpu(given["input"], given["weight"], given["bias"]):
+            plannable = _plannable_conv if op == "conv2d" else _frozen_fp32_cpu
+            if plannable(given["input"], given["weight"], given["bias"]):
                 self.calls[_call_of(op, given, out)] += 1
         return out
 
@@ -161,13 +183,14 @@ def _run_call(call: KernelCall, x: torch.Tensor, weight: torch.Tensor, bias, gra
 
 
 def _random_tensors(call: KernelCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Input, weight, bias and output gradient of a call's shapes, to time kernels on (the speed of fp32 kernels
-    does not depend on the values)."""
+    """Input, weight, bias and output gradient of a call's shapes and dtype, to time kernels on (the speed of
+    these kernels does not depend on the values)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(call.input_shape, generator=gen)
-    weight = torch.randn(call.weight_shape, generator=gen) * 0.02
-    bias = torch.zeros(call.weight_shape[0]) if call.has_bias else None
-    return x, weight, bias, torch.randn(call.output_shape, generator=gen)
+    dtype = getattr(torch, call.dtype)
+    x = torch.randn(call.input_shape, generator=gen).to(dtype)
+    weight = (torch.randn(call.weight_shape, generator=gen) * 0.02).to(dtype)
+    bias = torch.zeros(call.weight_shape[0], dtype=dtype) if call.has_bias else None
+    return x, weight, bias, torch.randn(call.output_shape, generator=gen).to(dtype)
 
 
 def time_kernel_calls(
@@ -346,6 +369,13 @@ def _gemm_runs(params: tuple) -> bool:
     return params[3] == 1 and onednn_linear_available()
 
 
+def _conv_set_runs(kernels: str, call: KernelCall) -> bool:
+    """Whether a convolution kernel set is timed for a call: "gemm" where it runs, "native" for fp32 only."""
+    if kernels == "gemm":
+        return _gemm_runs(call.params)
+    return kernels != "native" or call.dtype == "float32"
+
+
 class _ConvPlanMode(TorchFunctionMode):
     """Sends frozen convolutions to `_ConvOn`: the shapes the plan lists with their kernels, and with `every`
     all others too, on the plan's main kernels (fp32 on the CPU) or PyTorch's (elsewhere)."""
@@ -361,12 +391,14 @@ class _ConvPlanMode(TorchFunctionMode):
             x, weight, bias = given["input"], given["weight"], given["bias"]
             params = _params("conv2d", given)
             if _frozen(x, weight, bias) and _routable(params):
-                planned = bool(self.plan.kernels) and _fp32_cpu(x, weight, bias)
-                key = _shape_key(x.shape, weight.shape, params)
+                planned = bool(self.plan.kernels) and _plannable_conv(x, weight, bias)
+                key = _shape_key(x.shape, weight.shape, params, _dtype_name(weight.dtype))
                 if planned and (key in self.plan.shapes or self.every):
                     forward, backward = self.plan.kernels_of(key)
                     if "gemm" in (forward, backward) and not _gemm_runs(params):  # a plan from elsewhere
                         forward, backward = self.plan.kernels, self.plan.kernels
+                    if weight.dtype != torch.float32:  # never PyTorch's native kernels for bf16 (`_plannable_conv`)
+                        forward, backward = (None if k == "native" else k for k in (forward, backward))
                     return _ConvOn.apply(x, weight, bias, params, forward, backward)
                 if self.every:
                     return _ConvOn.apply(x, weight, bias, params, None, None)
@@ -398,12 +430,13 @@ def time_conv_calls(
     """Best seconds of each convolution shape's forward and of its input gradient (0 where training computes
     none) on each kernel set in `choices`, timed as `time_kernel_calls` times (interleaved, best reading).
 
-    A set that cannot run a shape ("gemm" on a grouped convolution) is left out of that shape's timings.
+    A set that cannot run a shape ("gemm" on a grouped convolution) or should not ("native" for bf16,
+    `_plannable_conv`) is left out of that shape's timings.
     """
     seconds = {}
     for call in calls:
         x, weight, bias, grad = _random_tensors(call)
-        runs = [k for k in choices if k != "gemm" or _gemm_runs(call.params)]
+        runs = [k for k in choices if _conv_set_runs(k, call)]
         best = {k: [float("inf"), float("inf") if call.input_grad else 0.0] for k in runs}
         for _ in range(repeats):
             for kernels in runs:
@@ -435,8 +468,14 @@ def pick_cpu_conv(calls: Counter[KernelCall], repeats: int = REPEATS) -> tuple[C
     if not convs:
         return ConvPlan("onednn"), {}
     each = time_conv_calls(convs, CONV_KERNELS, repeats)
-    seconds = {k: sum(n * sum(each[c][k]) for c, n in convs.items()) for k in CONV_KERNELS[:2]}
-    main = "native" if seconds["native"] < (1 - MIN_GAIN) * seconds["onednn"] else "onednn"
+    # Main-set candidates: those timed for every call (bf16 calls have no "native" timing).
+    seconds = {
+        k: sum(n * sum(each[c][k]) for c, n in convs.items())
+        for k in CONV_KERNELS[:2]
+        if all(k in each[c] for c in convs)
+    }
+    native_wins = "native" in seconds and seconds["native"] < (1 - MIN_GAIN) * seconds["onednn"]
+    main = "native" if native_wins else "onednn"
     shapes, planned = {}, 0.0
     for call, n in convs.items():
         forward = backward = main

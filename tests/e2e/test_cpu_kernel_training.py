@@ -122,6 +122,49 @@ def test_cpu_conv_plan_learns_what_native_learns(sd1_model, concept_dir, tmp_pat
     assert bool(ran["_gemm_conv_input_grad"]) == moved_to.endswith("gemm")
 
 
+def test_bf16_training_plans_its_convolutions_and_learns_what_onednn_learns(
+    sd1_model, concept_dir, tmp_path, monkeypatch
+):
+    """`--mixed_precision bf16` on a CPU: `--cpu_conv auto` plans the bf16 convolutions (oneDNN's bf16 kernels are
+    slow on small deep maps, where the GEMM set runs them 2-4x faster), stores the plan by bf16 shape in the
+    checkpoint, and learns what all-oneDNN learns: the same loss curve to bf16 rounding. (Rows are not compared:
+    AdamW's first steps move each element by about the learning rate in its gradient's sign, which bf16
+    rounding flips for the elements whose gradient is near zero.)"""
+    import json
+
+    from textinv.config import build_config
+    from textinv.train import train
+
+    seen_dtypes = []
+
+    def pick_all_gemm(calls):
+        convs = [c for c in calls if c.op == "conv2d"]
+        seen_dtypes.extend(c.dtype for c in convs)
+        return ConvPlan("onednn", {c.key: "gemm" for c in convs}), {}
+
+    ran = Counter()
+    for name in ("_gemm_conv", "_gemm_conv_input_grad"):
+        monkeypatch.setattr(cpu_kernels, name, _counted(ran, name, getattr(cpu_kernels, name)))
+    monkeypatch.setattr(cpu_kernels, "AUTO_MIN_STEPS", 2)
+    monkeypatch.setattr(cpu_kernels, "pick_cpu_conv", pick_all_gemm)
+    given = dict(
+        pretrained_model_name_or_path=str(sd1_model), train_data_dir=str(concept_dir), placeholder_token="<cat-toy>",
+        initializer_token="toy", resolution=32, train_batch_size=2, max_train_steps=4, learning_rate=5e-3,
+        lr_warmup_steps=0, seed=0, report_to="none", mixed_precision="bf16", checkpointing_steps=4,
+    )  # fmt: skip
+    planned = train(build_config({**given, "output_dir": str(tmp_path / "planned")}))
+    assert seen_dtypes and set(seen_dtypes) == {"bfloat16"}
+    assert ran["_gemm_conv"] and ran["_gemm_conv_input_grad"]
+    ran.clear()
+    onednn = train(build_config({**given, "cpu_conv": "onednn", "output_dir": str(tmp_path / "onednn")}))
+    assert not ran  # --cpu_conv onednn: no GEMM convolutions
+    state = json.loads((tmp_path / "planned" / "checkpoint-4" / "training_state.json").read_text())
+    shapes = state["kernel_plan"]["cpu_conv_shapes"]
+    assert shapes and all(key.endswith(" bfloat16") and k == "gemm" for key, k in shapes.items())
+    assert planned.losses == pytest.approx(onednn.losses, rel=2e-3)
+    assert planned.losses != onednn.losses  # other kernels really ran
+
+
 def test_cpu_matmul_auto_times_records_the_choice_and_learns_what_blas_learns(
     sd1_model, concept_dir, tmp_path, monkeypatch
 ):

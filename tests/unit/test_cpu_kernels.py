@@ -104,6 +104,70 @@ def test_record_kernel_calls_counts_a_steps_frozen_calls_by_shape():
     )  # the trainable head is not counted: its weight gradient needs PyTorch's own path
 
 
+def test_record_kernel_calls_counts_bf16_convolutions_but_not_bf16_linear_layers():
+    """Under `--mixed_precision bf16` the frozen convolutions are counted with their dtype (their plan keys say
+    it, fp32 keys stay as before); bf16 linear layers are not (oneDNN runs them either way), nor fp16 calls."""
+    net = _Net().to(torch.bfloat16)
+    calls = record_kernel_calls(lambda: net(torch.randn(1, 3, 6, 6, dtype=torch.bfloat16)))
+    assert {c.op for c in calls} == {"conv2d"} and sum(calls.values()) == 3
+    assert {c.dtype for c in calls} == {"bfloat16"}
+    assert all(c.key.endswith("] bfloat16") for c in calls)
+    fp32 = KernelCall("conv2d", (1, 8, 6, 6), (8, 8, 3, 3), (1, 8, 6, 6), True, (1, 1, 1, 1))
+    assert fp32.key == "[1, 8, 6, 6] [8, 8, 3, 3] [1, 1, 1, 1]"
+    half = _Net().to(torch.float16)
+    assert not record_kernel_calls(lambda: half(torch.randn(1, 3, 6, 6, dtype=torch.float16)))
+
+
+def test_bf16_convolutions_are_planned_between_onednn_and_the_gemm_never_native(monkeypatch):
+    """PyTorch's native kernels run bf16 convolutions hundreds of times slower: they are not timed for them,
+    the run's main set stays oneDNN, and a plan whose main set is native still sends bf16 calls elsewhere."""
+    ran = []
+    clock = [0.0]
+
+    def fake(direction):
+        def run(kernels, *args):
+            ran.append(kernels)
+            clock[0] += {"onednn": 0.03, "gemm": 0.01, "native": 5.0}[kernels]
+
+        return run
+
+    monkeypatch.setattr(cpu_kernels, "_conv_forward", fake("forward"))
+    monkeypatch.setattr(cpu_kernels, "_conv_input_grad", fake("backward"))
+    monkeypatch.setattr(cpu_kernels.time, "perf_counter", lambda: clock[0])
+    call = KernelCall("conv2d", (1, 8, 6, 6), (8, 8, 3, 3), (1, 8, 6, 6), True, (1, 1, 1, 1), True, "bfloat16")
+    plan, seconds = pick_cpu_conv(Counter({call: 2}), repeats=1)
+    assert "native" not in ran and set(ran) == {"onednn", "gemm"}
+    assert plan == ConvPlan("onednn", {call.key: "gemm"})
+    assert seconds == pytest.approx({"onednn": 0.12, "per shape": 0.04})
+
+    monkeypatch.undo()
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).requires_grad_(False).to(torch.bfloat16)
+    routed = []
+    apply = cpu_kernels._ConvOn.apply
+    monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
+    x = torch.randn(1, 8, 6, 6, dtype=torch.bfloat16, requires_grad=True)
+    with cpu_conv_kernels(ConvPlan("native", {}), keep_inputs=False):
+        conv(x).float().square().sum().backward()
+    assert routed == [(None, None)]  # PyTorch's own pick (oneDNN), not native
+
+
+def test_gemm_convolution_in_bf16_gives_pytorchs_output_and_input_gradient():
+    """The GEMM set on bf16 tensors (oneDNN's bf16 GEMM, fp32 accumulation) agrees with a float64 convolution
+    to bf16 rounding, in PyTorch's NCHW layout and dtype."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 64, 8, 8, generator=gen), torch.randn(32, 64, 3, 3, generator=gen) * 0.05
+    b, params = torch.randn(32, generator=gen), (1, 1, 1, 1)
+    want = F.conv2d(x.double(), w.double(), b.double(), *params)
+    grad = torch.randn(want.shape, generator=gen)
+    want_grad = torch.nn.grad.conv2d_input(x.shape, w.double(), grad.double(), padding=1)
+    bf = torch.bfloat16
+    got = cpu_kernels._conv_forward("gemm", x.to(bf), w.to(bf), b.to(bf), params)
+    got_grad = cpu_kernels._conv_input_grad("gemm", grad.to(bf), x.shape, w.to(bf), params)
+    assert got.dtype == got_grad.dtype == bf and got.is_contiguous() and got_grad.shape == x.shape
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=2e-2, atol=2e-2 * want_grad.abs().max().item())
+
+
 def test_record_kernel_calls_keeps_no_activations_for_a_backward():
     """The census forward is never run backward: it keeps nothing, so planning adds no step's activations."""
     net = _Net()
