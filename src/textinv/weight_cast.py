@@ -1,0 +1,87 @@
+"""Frozen weights cast to bf16/fp16 one tensor at a time, the memory-mapped fp32 pages given back as it goes.
+
+diffusers' `from_pretrained(torch_dtype=...)` casts a component's fp32 weights while its whole safetensors file is
+mapped, and every page it read stays resident until the component is loaded: an SD-1.5 bf16 run peaked at 5.5 GB
+(the UNet's 3.2 GB of fp32 pages beside its 1.7 GB bf16 copy) and then trained in 2.6. Loaded in the file's own
+dtype instead (zero-copy: nothing resident) and cast here tensor by tensor, each fp32 tensor's pages leave the
+process (`madvise(MADV_DONTNEED)`; the file is unchanged and they stay in the page cache) as soon as its copy
+exists. The cast is `Tensor.to`, as diffusers' own, so the weights are the same bits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+from functools import cache
+
+import torch
+
+_MADV_DONTNEED = 4  # Linux
+
+
+@cache
+def _madvise():
+    """libc's `madvise`, or None where there is none to call."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        func = ctypes.CDLL(name, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    func.restype = ctypes.c_int
+    return func
+
+
+def safetensors_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of `.safetensors` files (empty without /proc)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n").endswith(".safetensors"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return []
+    return ranges
+
+
+def _file_pages(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The whole pages of a CPU tensor that lies in a mapped safetensors file, as (start, length); else None."""
+    if tensor.device.type != "cpu" or not mappings:
+        return None
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in mappings):
+        return None  # anonymous memory: never madvise it (its contents would be lost)
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    return (first, last - first) if last > first else None
+
+
+def cast_frozen_weights(modules, dtype: torch.dtype) -> int:
+    """Cast the floating-point parameters and buffers of `modules` to `dtype`, one tensor at a time, giving
+    back each fp32 tensor's file pages once its copy is made. Returns the bytes of pages given back."""
+    mappings = safetensors_mappings()
+    madvise = _madvise()
+    dropped = 0
+    with torch.no_grad():
+        for module in modules:
+            for sub in module.modules():
+                for kind in (sub._parameters, sub._buffers):
+                    for name, tensor in kind.items():
+                        if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                            continue
+                        pages = _file_pages(tensor, mappings)
+                        cast = tensor.to(dtype)
+                        if isinstance(tensor, torch.nn.Parameter):
+                            tensor.data = cast
+                        else:
+                            kind[name] = cast
+                        if pages is not None and madvise is not None and madvise(*pages, _MADV_DONTNEED) == 0:
+                            dropped += pages[1]
+    return dropped
