@@ -378,7 +378,7 @@ def _conv_set_runs(kernels: str, call: KernelCall) -> bool:
 
 class _ConvPlanMode(TorchFunctionMode):
     """Sends frozen convolutions to `_ConvOn`: the shapes the plan lists with their kernels, and with `every`
-    all others too, on the plan's main kernels (fp32 on the CPU) or PyTorch's (elsewhere)."""
+    all others too, on the plan's main kernels (fp32 or bf16 on the CPU) or PyTorch's (elsewhere)."""
 
     def __init__(self, plan: ConvPlan, every: bool) -> None:
         super().__init__()
