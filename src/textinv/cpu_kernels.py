@@ -96,8 +96,12 @@ def _frozen(x: Any, weight: Any, bias: Any) -> bool:
     return all(isinstance(t, torch.Tensor) for t in tensors) and not any(t.requires_grad for t in tensors[1:])
 
 
+def _cpu_in(dtype: torch.dtype, *tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == dtype) for t in tensors)
+
+
 def _fp32_cpu(*tensors: torch.Tensor | None) -> bool:
-    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+    return _cpu_in(torch.float32, *tensors)
 
 
 def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
@@ -105,18 +109,19 @@ def _frozen_fp32_cpu(x: Any, weight: Any, bias: Any) -> bool:
     return _frozen(x, weight, bias) and _fp32_cpu(x, weight, bias)
 
 
-def _bf16_cpu(*tensors: torch.Tensor | None) -> bool:
-    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.bfloat16) for t in tensors)
-
-
-def _plannable_conv(x: Any, weight: Any, bias: Any) -> bool:
-    """A convolution whose kernels we may choose: frozen, on the CPU, fp32 or bf16 throughout.
+def _plannable_dtype(x: Any, weight: Any, bias: Any) -> bool:
+    """On the CPU, fp32 or bf16 throughout: a convolution the plan covers.
 
     bf16 convolutions (`--mixed_precision bf16`) are planned between oneDNN and "gemm" only: PyTorch's native
     kernels run bf16 convolutions hundreds of times slower (SD-1.5's 2560 -> 1280 channels at 8x8: 7.5 s
-    against oneDNN's 39 ms), so they are never timed for them.
+    against oneDNN's 39 ms), so they are never timed for them (`_conv_set_runs`).
     """
-    return _frozen(x, weight, bias) and (_fp32_cpu(x, weight, bias) or _bf16_cpu(x, weight, bias))
+    return any(_cpu_in(dtype, x, weight, bias) for dtype in (torch.float32, torch.bfloat16))
+
+
+def _plannable_conv(x: Any, weight: Any, bias: Any) -> bool:
+    """A convolution whose kernels we may choose: frozen (`_frozen`) and of a planned dtype (`_plannable_dtype`)."""
+    return _frozen(x, weight, bias) and _plannable_dtype(x, weight, bias)
 
 
 def _params(op: str, given: dict[str, Any]) -> tuple:
@@ -391,14 +396,12 @@ class _ConvPlanMode(TorchFunctionMode):
             x, weight, bias = given["input"], given["weight"], given["bias"]
             params = _params("conv2d", given)
             if _frozen(x, weight, bias) and _routable(params):
-                planned = bool(self.plan.kernels) and _plannable_conv(x, weight, bias)
+                planned = bool(self.plan.kernels) and _plannable_dtype(x, weight, bias)
                 key = _shape_key(x.shape, weight.shape, params, _dtype_name(weight.dtype))
                 if planned and (key in self.plan.shapes or self.every):
                     forward, backward = self.plan.kernels_of(key)
                     if "gemm" in (forward, backward) and not _gemm_runs(params):  # a plan from elsewhere
                         forward, backward = self.plan.kernels, self.plan.kernels
-                    if weight.dtype != torch.float32:  # never PyTorch's native kernels for bf16 (`_plannable_conv`)
-                        forward, backward = (None if k == "native" else k for k in (forward, backward))
                     return _ConvOn.apply(x, weight, bias, params, forward, backward)
                 if self.every:
                     return _ConvOn.apply(x, weight, bias, params, None, None)
@@ -431,7 +434,7 @@ def time_conv_calls(
     none) on each kernel set in `choices`, timed as `time_kernel_calls` times (interleaved, best reading).
 
     A set that cannot run a shape ("gemm" on a grouped convolution) or should not ("native" for bf16,
-    `_plannable_conv`) is left out of that shape's timings.
+    `_plannable_dtype`) is left out of that shape's timings.
     """
     seconds = {}
     for call in calls:

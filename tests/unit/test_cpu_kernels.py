@@ -119,8 +119,8 @@ def test_record_kernel_calls_counts_bf16_convolutions_but_not_bf16_linear_layers
 
 
 def test_bf16_convolutions_are_planned_between_onednn_and_the_gemm_never_native(monkeypatch):
-    """PyTorch's native kernels run bf16 convolutions hundreds of times slower: they are not timed for them,
-    the run's main set stays oneDNN, and a plan whose main set is native still sends bf16 calls elsewhere."""
+    """PyTorch's native kernels run bf16 convolutions hundreds of times slower: they are not timed for them and
+    the run's main set stays oneDNN; a bf16 shape the plan lists runs on its kernels (found by its bf16 key)."""
     ran = []
     clock = [0.0]
 
@@ -142,13 +142,15 @@ def test_bf16_convolutions_are_planned_between_onednn_and_the_gemm_never_native(
 
     monkeypatch.undo()
     conv = torch.nn.Conv2d(8, 8, 3, padding=1).requires_grad_(False).to(torch.bfloat16)
+    x = torch.randn(1, 8, 6, 6, dtype=torch.bfloat16, requires_grad=True)
+    (listed,) = record_kernel_calls(lambda: conv(x))
     routed = []
     apply = cpu_kernels._ConvOn.apply
     monkeypatch.setattr(cpu_kernels._ConvOn, "apply", lambda *a: routed.append(a[4:]) or apply(*a))
-    x = torch.randn(1, 8, 6, 6, dtype=torch.bfloat16, requires_grad=True)
-    with cpu_conv_kernels(ConvPlan("native", {}), keep_inputs=False):
+    with cpu_conv_kernels(ConvPlan("onednn", {listed.key: "gemm"}), keep_inputs=False):
         conv(x).float().square().sum().backward()
-    assert routed == [(None, None)]  # PyTorch's own pick (oneDNN), not native
+    assert routed == [("gemm", "gemm")]
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16
 
 
 def test_gemm_convolution_in_bf16_gives_pytorchs_output_and_input_gradient():
