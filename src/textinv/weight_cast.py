@@ -11,27 +11,21 @@ exists. The cast is `Tensor.to`, as diffusers' own, so the weights are the same 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
-from functools import cache
 
 import torch
+
+from textinv.cpu_runtime import glibc_function
 
 _MADV_DONTNEED = 4  # Linux
 
 
-@cache
 def _madvise():
-    """libc's `madvise`, or None where there is none to call."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        func = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    func.restype = ctypes.c_int
+    """glibc's `madvise`, typed for addresses (None off glibc: pages are then not given back)."""
+    func = glibc_function("madvise")
+    if func is not None:
+        func.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        func.restype = ctypes.c_int
     return func
 
 
@@ -64,24 +58,21 @@ def _file_pages(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> tuple[
 
 
 def cast_frozen_weights(modules, dtype: torch.dtype) -> int:
-    """Cast the floating-point parameters and buffers of `modules` to `dtype`, one tensor at a time, giving
-    back each fp32 tensor's file pages once its copy is made. Returns the bytes of pages given back."""
-    mappings = safetensors_mappings()
-    madvise = _madvise()
-    dropped = 0
+    """Cast the floating-point parameters and buffers of `modules` to `dtype`, one tensor at a time (PyTorch's
+    own `Module._apply`, which `Module.to` uses), giving back each fp32 tensor's file pages once its copy is made.
+    Returns the bytes of pages given back."""
+    mappings, madvise, dropped = safetensors_mappings(), _madvise(), [0]
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            return tensor
+        pages = _file_pages(tensor, mappings)
+        copy = tensor.to(dtype)
+        if pages is not None and madvise is not None and madvise(*pages, _MADV_DONTNEED) == 0:
+            dropped[0] += pages[1]  # `tensor` is not read again: `_apply` puts `copy` in its place
+        return copy
+
     with torch.no_grad():
         for module in modules:
-            for sub in module.modules():
-                for kind in (sub._parameters, sub._buffers):
-                    for name, tensor in kind.items():
-                        if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
-                            continue
-                        pages = _file_pages(tensor, mappings)
-                        cast = tensor.to(dtype)
-                        if isinstance(tensor, torch.nn.Parameter):
-                            tensor.data = cast
-                        else:
-                            kind[name] = cast
-                        if pages is not None and madvise is not None and madvise(*pages, _MADV_DONTNEED) == 0:
-                            dropped += pages[1]
-    return dropped
+            module._apply(cast)
+    return dropped[0]
