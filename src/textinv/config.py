@@ -176,8 +176,8 @@ class TrainConfig:
     cpu_conv: str = _flag(
         "auto",
         "CPU convolution kernels: 'onednn', PyTorch's 'native', or 'auto' (time each shape on each, and on oneDNN's "
-        "GEMM, before training and run it on the fastest; in bf16 oneDNN and its GEMM only; numbers in "
-        "bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
+        "GEMM, before training and run it on the fastest; in bf16 oneDNN and its GEMM only: 'native' is for fp32; "
+        "numbers in bench/RESULTS.md). Same maths, other rounding; no effect on GPUs.",
         choices=("auto", "onednn", "native"),
     )
     cpu_matmul: str = _flag(

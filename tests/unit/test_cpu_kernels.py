@@ -536,6 +536,23 @@ def test_cpu_conv_is_left_unchosen_off_cpu_so_a_cpu_resume_times_it(monkeypatch)
     assert timed == ["calls"]
 
 
+def test_bf16_never_runs_its_convolutions_on_native_kernels(monkeypatch):
+    """Native CPU kernels run bf16 convolutions 100-300x slower: asked for, one line; from fp32's plan, oneDNN."""
+    from types import SimpleNamespace
+
+    from textinv.config import TrainConfig
+    from textinv.errors import TextinvError
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True)
+    with pytest.raises(TextinvError, match="--cpu_conv native with --mixed_precision bf16.*use --cpu_conv auto"):
+        cpu_kernels._choose_cpu_conv(TrainConfig(cpu_conv="native", mixed_precision="bf16"), cpu, None, 100, None)
+    assert cpu_kernels._choose_cpu_conv(TrainConfig(cpu_conv="native"), cpu, None, 100, None) == ConvPlan("native")
+    shapes = {"[1, 8, 4, 4] [8, 8, 3, 3] [1, 1, 1, 1]": "gemm"}
+    fp32_plan = cpu_kernels.KernelPlan(ConvPlan("native", shapes), "blas")
+    resumed = cpu_kernels._choose_cpu_conv(TrainConfig(mixed_precision="bf16"), cpu, fp32_plan, 100, None)
+    assert resumed == ConvPlan("onednn", shapes)
+
+
 def test_a_compiled_or_checkpointed_run_keeps_the_main_convolution_kernels_only(monkeypatch):
     from types import SimpleNamespace
 
