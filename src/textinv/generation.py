@@ -103,7 +103,7 @@ def _prepare(request: GenerationRequest):
         height=request.height,
         width=request.width,
     )
-    pipe = load_pipeline(source, torch_dtype=dtype).to(device)
+    pipe = load_pipeline(source, torch_dtype=dtype, on_cpu=device == "cpu").to(device)
     tokens = []
     for concept, token in map(split_concept_arg, request.concepts):
         emb = resolve_concept(concept, token)

@@ -210,11 +210,18 @@ def load_pipeline(
     revision: str | None = None,
     variant: str | None = None,
     torch_dtype: Any = None,
+    on_cpu: bool = False,
 ):
-    """Load a StableDiffusionPipeline (or XL) from any source, offline-first, with one-line errors."""
-    import diffusers
+    """Load a StableDiffusionPipeline (or XL) from any source, offline-first, with one-line errors.
 
-    kwargs: dict[str, Any] = {_dtype_keyword(): torch_dtype}
+    `on_cpu`: the pipeline runs on the CPU, where a half `torch_dtype` is cast here a tensor at a time from the
+    memory-mapped file (`weight_cast`: diffusers' bits, without the whole fp32 file resident beside its copy).
+    """
+    import diffusers
+    import torch
+
+    cast_here = on_cpu and torch_dtype is not None and torch_dtype != torch.float32
+    kwargs: dict[str, Any] = {_dtype_keyword(): None if cast_here else torch_dtype}
     try:
         if source.kind == "single_file":
             cls = diffusers.StableDiffusionPipeline
@@ -247,6 +254,12 @@ def load_pipeline(
             raise TextinvError(
                 f"{source.path_or_id} is not a Stable Diffusion pipeline (it has no {part}); use an SD 1.x/2.x/XL model"
             )
+    if cast_here:
+        from textinv.weight_cast import cast_frozen_weights
+
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        dropped = cast_frozen_weights(modules, torch_dtype)
+        log.debug("cast the weights to %s; %.2f GB of file pages given back", torch_dtype, dropped / 1e9)
     return pipe
 
 

@@ -63,7 +63,6 @@ from textinv.sample import SamplingRecipe, model_recipe
 from textinv.speed import apply_speedups, is_sd_sized, limit_heap_fragmentation
 from textinv.tokens import bake_placeholder_rows
 from textinv.validation import VALIDATION_RECIPE, sample_validation_images
-from textinv.weight_cast import cast_frozen_weights
 
 log = logging.getLogger(__name__)
 
@@ -287,17 +286,13 @@ def _load_frozen_model(cfg: TrainConfig, source: ModelSource, accelerator, weigh
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # On the CPU a half-precision run loads the file's own dtype (memory-mapped, nothing read yet) and casts it
-    # here a tensor at a time, giving each fp32 tensor's pages back (`weight_cast`): the same bits as diffusers'
-    # cast, without the whole fp32 file resident beside its copy (SD-1.5 bf16: peak 5.5 -> 2.7 GB).
-    cast_here = device.type == "cpu" and weight_dtype != torch.float32
+    # On the CPU a half-precision run loads the file's own dtype (memory-mapped, nothing read yet) and casts it a
+    # tensor at a time, giving each fp32 tensor's pages back (`load_pipeline(on_cpu=True)`, `weight_cast`): the
+    # same bits as diffusers' cast, without the whole fp32 file resident beside its copy (SD-1.5 bf16: peak 5.5 ->
+    # 2.7 GB).
     pipe = load_pipeline(
-        source, revision=cfg.revision, variant=cfg.variant, torch_dtype=None if cast_here else weight_dtype
+        source, revision=cfg.revision, variant=cfg.variant, torch_dtype=weight_dtype, on_cpu=device.type == "cpu"
     )
-    if cast_here:
-        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-        dropped = cast_frozen_weights(modules, weight_dtype)
-        log.debug("cast the frozen weights to %s; %.2f GB of file pages given back", weight_dtype, dropped / 1e9)
     if cfg.tokenizer_name:
         replace_tokenizers(pipe, cfg.tokenizer_name)
     family = adapter_for(pipe)

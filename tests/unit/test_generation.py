@@ -74,3 +74,18 @@ def test_an_a1111_file_is_triggered_by_its_file_name_as_in_a1111(sd1_model, tmp_
     # the token stored inside still works, as diffusers' loader names it
     result = generate(_request(sd1_model, tmp_path / "b", prompts=("a <my-star>",), **one), progress=False)
     assert "Textual inversion: <my-star>," in Image.open(result.images[0]).text["parameters"]
+
+
+def test_bf16_on_the_cpu_casts_the_weights_a_tensor_at_a_time(sd1_model, tmp_path, monkeypatch):
+    """`--dtype bfloat16` on a CPU loads as training does (`weight_cast`), not with the whole fp32 file resident."""
+    import torch
+
+    import textinv.weight_cast
+
+    casts = []
+    real = textinv.weight_cast.cast_frozen_weights
+    monkeypatch.setattr(
+        textinv.weight_cast, "cast_frozen_weights", lambda modules, dtype: casts.append(dtype) or real(modules, dtype)
+    )
+    result = generate(_request(sd1_model, tmp_path / "b", num_images=1, dtype="bfloat16"), progress=False)
+    assert casts == [torch.bfloat16] and len(result.images) == 1
