@@ -34,3 +34,22 @@ def test_toy_model_bench_reports_every_shape_and_the_worst_concept():
     worst = max(int(r[5]) for r in rows)
     assert re.search(rf"worst initializer-alone score over all concepts: {worst}% \(target <= 40 %: (ok|MISSED)\)", out)
     assert ("MISSED" in out) == (worst > 40)
+
+
+def test_toy_model_bench_every_cell_covers_every_allowed_prompt_and_lists_each_miss():
+    cmd = [sys.executable, str(REPO / "bench" / "toy_model.py"), "--every-cell", "1", "--steps", "1", "-n", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+    allowed = [(c, s, b) for c in world.COLOURS for s in world.SHAPES for b in world.BACKGROUNDS if world.allowed(c, b)]
+    assert f"every one of the {len(allowed)} combinations" in out and "random combinations" not in out
+    rows = re.findall(r"^\| (\w+) \| (.+) \|$", out, re.M)
+    table = {colour: cells.split(" | ") for colour, cells in rows if colour in world.COLOURS}
+    assert list(table) == list(world.COLOURS)
+    for colour, cells in table.items():
+        assert len(cells) == len(world.BACKGROUNDS)
+        for background, cell in zip(world.BACKGROUNDS, cells, strict=True):
+            assert (cell == "—") == (not world.allowed(colour, background))
+            assert cell == "—" or re.fullmatch(r"\d+%", cell)
+    (met,) = re.findall(rf"in >= 70 % of samples \(and on the asked background\): (\d+) of {len(allowed)}", out)
+    misses = re.findall(r"^- (\w+ \w+) on (\w+): match (\d+)%", out, re.M)
+    assert int(met) + len(misses) == len(allowed)
+    assert all(int(m) in (0, 100) for *_, m in misses)  # one sample each
