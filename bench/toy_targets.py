@@ -20,6 +20,7 @@ Usage:
     python bench/toy_targets.py --concept "green heart" --no-style
     python bench/toy_targets.py --no-bundled --style striped --style black   # styles only
     python bench/toy_targets.py --train-flags="--fp8_base"  # a lever's effect on fidelity (not the defaults)
+    python bench/toy_targets.py --generate-flags="--guidance 2"  # a sampling setting's effect (not the defaults)
     python bench/toy_targets.py --family sdxl --no-bundled --random 3 --seed 7 --no-style   # the SDXL twin
 
 `--family sdxl` measures the SDXL-architecture twin the same way: every `textinv train` gets
@@ -55,7 +56,8 @@ def run(*args: str) -> None:
         raise SystemExit(f"toy_targets: `textinv {' '.join(args)}` exited {code}")
 
 
-# The model flags of `textinv train` and `textinv generate` (empty for the SD 1 toy, the CLI's default model).
+# The model flags of `textinv train` and `textinv generate` (empty for the SD 1 toy, the CLI's default model),
+# and any `--generate-flags`.
 MODEL_FLAGS: dict[str, list[str]] = {"train": [], "generate": []}
 
 
@@ -118,9 +120,11 @@ def main() -> None:
     parser.add_argument("--no-style", action="store_true", help="skip the bundled style concept")
     parser.add_argument("--no-bundled", action="store_true", help="skip the bundled object (when none is named)")
     parser.add_argument("--train-flags", default="", help="extra `textinv train` flags, e.g. '--fp8_base'")
+    parser.add_argument("--generate-flags", default="", help="extra `textinv generate` flags, e.g. '--guidance 2'")
     parser.add_argument("--family", default="sd1", choices=tuple(TOY_MODEL_DIRS), help="which toy model (default sd1)")
     args = parser.parse_args()
     use_family(args.family)
+    MODEL_FLAGS["generate"] += shlex.split(args.generate_flags)
     train_flags = shlex.split(args.train_flags)  # appended to every `textinv train`
     picks = random.Random(args.seed)
     concepts: list[tuple[str, Path | None]] = [(c, None) for c in args.concept or []]
@@ -139,10 +143,12 @@ def main() -> None:
         ]
     n = args.num_images
     flags = f" + `{args.train_flags}`" if args.train_flags else ""
+    generate_flags = f" + `{args.generate_flags}`" if args.generate_flags else ""
     model = "the toy model"
     if args.family != "sd1":
         model = f"the {args.family} toy model (`textinv toy path --family {args.family}`)"
-    print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate` at their defaults on {model}")
+    print(f"\n{n} samples per prompt; `textinv train`{flags} and `textinv generate`{generate_flags} at their defaults "
+          f"on {model}")  # fmt: skip
     print()
     print("| concept | train s | learned match | initializer match | blue: match | blue: background | targets |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -53,3 +53,12 @@ def test_toy_model_bench_every_cell_covers_every_allowed_prompt_and_lists_each_m
     misses = re.findall(r"^- (\w+ \w+) on (\w+): match (\d+)%", out, re.M)
     assert int(met) + len(misses) == len(allowed)
     assert all(int(m) in (0, 100) for *_, m in misses)  # one sample each
+
+
+def test_toy_targets_bench_runs_the_cli_with_the_given_train_and_generate_flags():
+    cmd = [sys.executable, str(REPO / "bench" / "toy_targets.py"), "--concept", "red circle", "--no-style", "-n", "2",
+           "--train-flags=--max_train_steps 2", "--generate-flags=--steps 2 --guidance 2"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+    assert "`textinv train` + `--max_train_steps 2` and `textinv generate` + `--steps 2 --guidance 2`" in out
+    (row,) = re.findall(r"^\| red circle \| \d+ \| (\d+)% \| (\d+)% \| (\d+)% \| (\d+)% \| (ok|MISSED) \|$", out, re.M)
+    assert all(int(rate) in (0, 50, 100) for rate in row[:4])  # two samples a prompt
